@@ -1,0 +1,155 @@
+"""One SCSA attention call in an injected transformer block (spec section 4).
+
+The work splits in two, because half of it never reads the current latent:
+
+* :func:`reference_terms` depends only on the inversion features recorded at this timestep
+  (content, style, content map, style map block inputs): the SCA output, SSA's content query
+  and the style keys/values. A sampler computes it once per (step, block) and shares it
+  across the batch and the cond/uncond passes.
+* :func:`ssa_output` mixes in the current block input ``x_t`` and picks, per head, the best
+  same-label style token.
+
+:func:`fuse` combines them as ``x_t + t1 * O1 + t2 * O2`` where ``O = to_out(.)``.
+:func:`scsa_block` runs the whole call; the tests and the benchmark use it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .adain import instance_normalize, semantic_adain
+from .attention import LabelPairing, semantic_continuous_attention, semantic_sparse_attention
+
+__all__ = ["SCSAParams", "BlockLayers", "ReferenceInputs", "ReferenceProjections",
+           "ReferenceTerms", "PRESETS", "project_references", "reference_terms", "ssa_output", "fuse", "scsa_block"]
+
+PRESETS = ("default", "official")
+
+Layer = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SCSAParams:
+    """SCSA hyper-parameters; defaults are the official diffusion-variant values."""
+    preset: str = "default"
+    sca_weight: float = 0.8       # t1
+    ssa_weight: float = 0.2       # t2
+    semantic_share: float = 0.3   # a1: share of the semantic-map query/key in SCA
+    content_share: float = 0.5    # a2: share of the S-AdaIN content query in SSA
+    temperature: float = 1.2      # T: multiplies SCA logits (SSA's argmax ignores it)
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+
+    @property
+    def unmatched(self) -> str:
+        return "official" if self.preset == "official" else "all"
+
+
+@dataclass(frozen=True)
+class BlockLayers:
+    """The block's own layers, each ``[B, N, C] -> [B, N, C]``: ``norm1`` and attn1's projections."""
+    norm1: Layer
+    to_q: Layer
+    to_k: Layer
+    to_v: Layer
+    to_out: Layer
+
+
+@dataclass(frozen=True)
+class ReferenceInputs:
+    """Block inputs (before ``norm1``) recorded by the inversions at the current timestep.
+
+    ``content``: ``[1, N, C]``; ``style``: ``[1, M, C]``; the semantic-map inputs have the same
+    shapes as content and style and may be None when ``semantic_share == 0``.
+    """
+    content: torch.Tensor
+    style: torch.Tensor
+    content_map: torch.Tensor | None = None
+    style_map: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceProjections:
+    """The projections SCSA reads from the references; see :func:`project_references`."""
+    style_key: torch.Tensor                     # [1, M, C] W_k(LN1(style))
+    style_value: torch.Tensor                   # [1, M, C] W_v(LN1(style))
+    content_map_query: torch.Tensor | None      # [1, N, C] W_q(LN1(content_map))
+    style_map_key: torch.Tensor | None          # [1, M, C] W_k(LN1(style_map))
+
+
+@dataclass(frozen=True)
+class ReferenceTerms:
+    """What one SCSA call needs that does not depend on the current latent."""
+    sca: torch.Tensor                  # [1, N, C] SCA output before to_out
+    ssa_content_query: torch.Tensor    # [1, N, C] W_q(LN1(S-AdaIN(content, style)))
+    style_key: torch.Tensor            # [1, M, C]
+    style_value: torch.Tensor          # [1, M, C]
+    pairing: LabelPairing
+
+
+def project_references(layers: BlockLayers, refs: ReferenceInputs) -> ReferenceProjections:
+    """Style keys/values and the semantic-map query/key from recorded block inputs."""
+    style_normed = layers.norm1(refs.style)
+    map_query = None if refs.content_map is None else layers.to_q(layers.norm1(refs.content_map))
+    map_key = None if refs.style_map is None else layers.to_k(layers.norm1(refs.style_map))
+    return ReferenceProjections(layers.to_k(style_normed), layers.to_v(style_normed),
+                                map_query, map_key)
+
+
+def reference_terms(layers: BlockLayers, refs: ReferenceInputs, projections: ReferenceProjections,
+                    content_labels: torch.Tensor, style_labels: torch.Tensor,
+                    pairing: LabelPairing, heads: int, params: SCSAParams) -> ReferenceTerms:
+    """SCA output and SSA's latent-independent inputs.
+
+    content_labels: ``int64 [N]``, style_labels: ``int64 [M]`` at this block's grid;
+    ``pairing = pair_labels(content_labels, style_labels)``.
+    """
+    a1 = params.semantic_share
+    restyled = semantic_adain(refs.content, refs.style, content_labels, style_labels)
+    sca_query = layers.to_q(layers.norm1(restyled))
+    sca_key = projections.style_key
+    if a1 != 0.0:
+        if projections.content_map_query is None or projections.style_map_key is None:
+            raise ValueError("semantic_share > 0 needs the content-map and style-map features: "
+                             "connect both semantic map latents to SCSAInvert, or set semantic_share to 0")
+        sca_query = a1 * projections.content_map_query + (1 - a1) * sca_query
+        sca_key = a1 * projections.style_map_key + (1 - a1) * sca_key
+    sca = semantic_continuous_attention(sca_query, sca_key, projections.style_value, pairing,
+                                        heads, params.temperature, params.unmatched)
+
+    if params.preset == "official":
+        # The official code writes the first S-AdaIN back in place, so SSA sees it applied twice.
+        restyled = semantic_adain(restyled, refs.style, content_labels, style_labels)
+    ssa_content_query = layers.to_q(layers.norm1(restyled))
+    return ReferenceTerms(sca, ssa_content_query, projections.style_key,
+                          projections.style_value, pairing)
+
+
+def ssa_output(layers: BlockLayers, x_t: torch.Tensor, terms: ReferenceTerms, heads: int,
+               params: SCSAParams) -> torch.Tensor:
+    """SSA output before ``to_out`` for the current block input ``x_t`` ``[B, N, C]``."""
+    a2 = params.content_share
+    query = a2 * terms.ssa_content_query + (1 - a2) * layers.to_q(instance_normalize(x_t))
+    return semantic_sparse_attention(query, terms.style_key, terms.style_value, terms.pairing,
+                                     heads, params.unmatched)
+
+
+def fuse(x_t: torch.Tensor, sca_projected: torch.Tensor, ssa_projected: torch.Tensor,
+         params: SCSAParams) -> torch.Tensor:
+    """``x_t + t1 * O1 + t2 * O2``: the block's hidden state after SCSA self-attention."""
+    return x_t + params.sca_weight * sca_projected + params.ssa_weight * ssa_projected
+
+
+def scsa_block(layers: BlockLayers, x_t: torch.Tensor, refs: ReferenceInputs,
+               content_labels: torch.Tensor, style_labels: torch.Tensor, pairing: LabelPairing,
+               heads: int, params: SCSAParams) -> torch.Tensor:
+    """The whole SCSA self-attention step of one block: ``[B, N, C] -> [B, N, C]``."""
+    terms = reference_terms(layers, refs, project_references(layers, refs), content_labels,
+                            style_labels, pairing, heads, params)
+    sca_projected = layers.to_out(terms.sca)
+    ssa_projected = layers.to_out(ssa_output(layers, x_t, terms, heads, params))
+    return fuse(x_t, sca_projected, ssa_projected, params)
