@@ -91,6 +91,8 @@ def semantic_adain(content: torch.Tensor, style: torch.Tensor, content_labels: t
     s_mean = torch.where(has_style[None, :, None], s_mean, g_mean)
     s_std = torch.where(has_style[None, :, None], s_std, g_std)
 
-    x = content.to(c_mean.dtype)
-    out = (x - c_mean[:, c_regions]) / c_std[:, c_regions] * s_std[:, c_regions] + s_mean[:, c_regions]
+    # One fused multiply-add per token: out = x * scale + shift with per-region scale/shift.
+    scale = s_std / c_std
+    shift = s_mean - c_mean * scale
+    out = torch.addcmul(shift[:, c_regions], content.to(scale.dtype), scale[:, c_regions])
     return out.to(content.dtype)

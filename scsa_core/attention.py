@@ -31,8 +31,9 @@ __all__ = [
 
 UNMATCHED_MODES = ("all", "official")
 
-# Upper bound on the score block SSA materialises at once (elements): O(chunk x M) memory.
-SSA_SCORE_BUDGET = 1 << 24
+# Upper bound on the score block SSA materialises at once (elements): O(chunk x M) memory, and
+# small enough to stay in cache between the matmul that writes it and the argmax that reads it.
+SSA_SCORE_BUDGET = 1 << 21
 
 
 @dataclass(frozen=True)

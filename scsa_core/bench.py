@@ -1,0 +1,138 @@
+"""Benchmark: one SCSA block call against one plain SDPA self-attention call at the same shape.
+
+    python -m scsa_core.bench [--repeats 7] [--device cpu|cuda] [--dtype float32|float16]
+
+Prints one JSON object per shape on its own line: ``tokens``, ``channels``, ``heads``,
+``labels``, ``scsa_s`` and ``sdpa_s`` (medians over alternating repeats), ``ratio`` and
+``peak_extra_mb`` (memory SCSA needs beyond what plain attention's peak already used: CUDA
+allocator peak on a GPU, resident-set high-water mark of a fresh process on the CPU).
+
+The SCSA call is everything an injected block computes per step: S-AdaIN (twice, official
+preset), the reference projections, SCA, SSA and both ``to_out`` projections. Labels are four
+balanced horizontal bands on both sides.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .attention import pair_labels, split_heads
+from .block import BlockLayers, ReferenceInputs, SCSAParams, scsa_block
+
+SHAPES = ((4096, 320), (1024, 640))
+HEADS = 8
+LABELS = 4
+
+
+def _layers(channels: int, device, dtype) -> BlockLayers:
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(channels, channels, generator=gen) / channels ** 0.5 for _ in range(4)]
+    w_q, w_k, w_v, w_o = (w.to(device, dtype) for w in weights)
+    return BlockLayers(norm1=lambda x: F.layer_norm(x, (channels,)),
+                       to_q=lambda x: x @ w_q.T, to_k=lambda x: x @ w_k.T,
+                       to_v=lambda x: x @ w_v.T, to_out=lambda x: x @ w_o.T)
+
+
+def _inputs(tokens: int, channels: int, device, dtype):
+    gen = torch.Generator().manual_seed(1)
+    feats = [torch.randn(1, tokens, channels, generator=gen).to(device, dtype) for _ in range(5)]
+    labels = (torch.arange(tokens) * LABELS // tokens).to(device)
+    return feats, labels
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def measure(tokens: int, channels: int, device: str, dtype: torch.dtype, repeats: int) -> dict:
+    layers = _layers(channels, device, dtype)
+    (x_t, content, style, content_map, style_map), labels = _inputs(tokens, channels, device, dtype)
+    refs = ReferenceInputs(content, style, content_map, style_map)
+    params = SCSAParams(preset="official")
+    q, k, v = (split_heads(layers.to_q(x_t), HEADS), split_heads(layers.to_k(x_t), HEADS),
+               split_heads(layers.to_v(x_t), HEADS))
+
+    def run_sdpa():
+        F.scaled_dot_product_attention(q, k, v)
+
+    def run_scsa():
+        pairing = pair_labels(labels, labels)
+        scsa_block(layers, x_t, refs, labels, labels, pairing, HEADS, params)
+
+    with torch.no_grad():
+        run_sdpa(), run_scsa()  # warm-up
+        if torch.device(device).type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            run_sdpa()
+            sdpa_peak = torch.cuda.max_memory_allocated() - base
+            torch.cuda.reset_peak_memory_stats()
+            run_scsa()
+            peak_extra = max(0, torch.cuda.max_memory_allocated() - base - sdpa_peak)
+        else:
+            peak_extra = None
+        scsa_times, sdpa_times = [], []
+        for _ in range(repeats):
+            sdpa_times.append(_time(run_sdpa, device))
+            scsa_times.append(_time(run_scsa, device))
+    scsa_s, sdpa_s = statistics.median(scsa_times), statistics.median(sdpa_times)
+    return {"tokens": tokens, "channels": channels, "heads": HEADS, "labels": LABELS,
+            "device": device, "dtype": str(dtype).replace("torch.", ""),
+            "threads": torch.get_num_threads(), "scsa_s": round(scsa_s, 5),
+            "sdpa_s": round(sdpa_s, 5), "ratio": round(scsa_s / sdpa_s, 3),
+            "peak_extra_mb": None if peak_extra is None else round(peak_extra / 2 ** 20, 1)}
+
+
+def _cpu_peak_extra_mb(tokens: int, channels: int, dtype: str) -> float:
+    """Run plain attention then SCSA in a fresh process; the RSS high-water mark grows by the extra."""
+    code = ("import resource, torch, torch.nn.functional as F\n"
+            "from scsa_core import bench as b\n"
+            f"dt = getattr(torch, {dtype!r}); n, c = {tokens}, {channels}\n"
+            "layers = b._layers(c, 'cpu', dt); (x, cn, st, cm, sm), lab = b._inputs(n, c, 'cpu', dt)\n"
+            "from scsa_core.attention import split_heads, pair_labels\n"
+            "from scsa_core.block import ReferenceInputs, SCSAParams, scsa_block\n"
+            "q, k, v = (split_heads(f(x), b.HEADS) for f in (layers.to_q, layers.to_k, layers.to_v))\n"
+            "with torch.no_grad():\n"
+            "    for _ in range(2): F.scaled_dot_product_attention(q, k, v)\n"
+            "    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "    for _ in range(2): scsa_block(layers, x, ReferenceInputs(cn, st, cm, sm), lab, lab, pair_labels(lab, lab), b.HEADS, SCSAParams(preset='official'))\n"
+            "    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "print((after - before) / 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return round(float(out.stdout.strip().splitlines()[-1]), 1)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (GPU default)")
+    args = parser.parse_args(argv)
+    dtypes = [args.dtype] if args.dtype else (["float32", "float16"] if args.device == "cuda" else ["float32"])
+    for dtype_name in dtypes:
+        for tokens, channels in SHAPES:
+            result = measure(tokens, channels, args.device, getattr(torch, dtype_name), args.repeats)
+            if result["peak_extra_mb"] is None:
+                result["peak_extra_mb"] = _cpu_peak_extra_mb(tokens, channels, dtype_name)
+            print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
