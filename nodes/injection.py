@@ -1,0 +1,271 @@
+"""The attention patch that records features during inversion and injects them during sampling.
+
+How it plugs into ComfyUI's ``BasicTransformerBlock.forward`` (all on a model *clone*):
+
+1. attn1 **replace** on each self-attention block: receives ``q, k, v`` of the current hidden
+   state and returns the attention output before ``to_out``.
+2. attn1 **output** patch: sees ``to_out(...)``; we stash it in ``extra_options`` (a dict that
+   lives for exactly one block call) so that step 3 can recover the block input.
+3. **middle** patch: sees ``x_t + to_out(...)``. Subtracting the stash gives the block input
+   ``x_t`` (before ``norm1``), which inversion records and SSA needs; SSA's output is added here.
+
+What a call does is decided by the run object a sampler puts in ``transformer_options``
+under :data:`RUN_KEY`: :class:`RecordRun` (inversion), :class:`InjectRun` (style sampling), or
+nothing: then every patch is a pass-through and attention is ComfyUI's own, so a model patched
+by SCSAApply and sampled by a stock KSampler gives the unpatched result.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable
+
+import torch
+
+from comfy.ldm.modules.attention import optimized_attention
+
+from ..scsa_core.attention import pair_labels, styleid_attention
+from ..scsa_core.block import (BlockLayers, SCSAParams, ReferenceTerms, fuse, project_references,
+                               reference_terms, ssa_output)
+from ..scsa_core.features import FeatureBank
+from ..scsa_core.labels import SemanticLabels, resample_labels
+
+RUN_KEY = "scsa_run"
+_STASH_KEY = "scsa_attn1_output"
+
+BlockKey = tuple  # ("output", 6, 0): ComfyUI's block name, block number, index inside the transformer
+
+
+def block_key(extra_options: dict) -> BlockKey | None:
+    block = extra_options.get("block")
+    if block is None:
+        return None
+    return (block[0], block[1], extra_options.get("block_index", 0))
+
+
+def transformer_block(diffusion_model: torch.nn.Module, key: BlockKey) -> torch.nn.Module:
+    """The ``BasicTransformerBlock`` that ComfyUI calls ``key``."""
+    name, number, index = key
+    container = {"input": "input_blocks", "output": "output_blocks", "middle": "middle_block"}[name]
+    blocks = getattr(diffusion_model, container)
+    stage = blocks if name == "middle" else blocks[number]
+    for layer in stage:
+        if hasattr(layer, "transformer_blocks"):
+            return layer.transformer_blocks[index]
+    raise KeyError(f"block {key} has no transformer")
+
+
+def attention_blocks(diffusion_model: torch.nn.Module) -> list[BlockKey]:
+    """Every self-attention block of a UNet, as ComfyUI keys, in execution order."""
+    keys = []
+    for name, container in (("input", "input_blocks"), ("middle", "middle_block"), ("output", "output_blocks")):
+        stages = getattr(diffusion_model, container, None)
+        if stages is None:
+            continue
+        for number, stage in enumerate([stages] if name == "middle" else stages):
+            for layer in stage:
+                for index, block in enumerate(getattr(layer, "transformer_blocks", [])):
+                    if getattr(block, "attn1", None) is not None:
+                        keys.append((name, 0 if name == "middle" else number, index))
+    return keys
+
+
+def block_layers(module: torch.nn.Module) -> BlockLayers:
+    return BlockLayers(norm1=module.norm1, to_q=module.attn1.to_q, to_k=module.attn1.to_k,
+                       to_v=module.attn1.to_v, to_out=module.attn1.to_out)
+
+
+def _plain_attention(q, k, v, extra_options):
+    return optimized_attention(q, k, v, extra_options["n_heads"],
+                               attn_precision=extra_options.get("attn_precision"),
+                               transformer_options=extra_options)
+
+
+def _cond_rows(extra_options: dict, batch: int) -> slice:
+    """Rows of the conditional chunk (inversion runs without CFG, so usually all rows)."""
+    chunks = extra_options.get("cond_or_uncond") or [0]
+    per_chunk = batch // len(chunks)
+    position = chunks.index(0) if 0 in chunks else 0
+    return slice(position * per_chunk, (position + 1) * per_chunk)
+
+
+@dataclass
+class RecordRun:
+    """Inversion: plain attention, and every recorded block's input goes into ``bank``."""
+    bank: FeatureBank
+    blocks: frozenset
+    current_t: int = -1
+
+    def set_step(self, t: int) -> None:
+        self.current_t = t
+
+    def attn1(self, patch, q, k, v, extra_options):
+        return _plain_attention(q, k, v, extra_options)
+
+    def middle(self, patch, x, attn_output, key, extra_options):
+        block_input = x - attn_output
+        self.bank.record(self.current_t, key, block_input[_cond_rows(extra_options, x.shape[0])])
+        return x
+
+
+@dataclass(frozen=True)
+class StyleIDParams:
+    gamma: float = 0.75        # share of the content query
+    temperature: float = 1.5   # multiplies StyleID's attention logits
+
+
+@dataclass(frozen=True)
+class ApplySettings:
+    """What SCSAApply chose: semantics (None = StyleID) and the weights of either method."""
+    semantics: SemanticLabels | None
+    params: SCSAParams
+    styleid: StyleIDParams
+
+
+def grid_labels(semantics: SemanticLabels, params: SCSAParams, height: int, width: int):
+    """Content and style label maps at an ``height x width`` grid, resampled as the preset says.
+
+    ``official`` resizes the colour image bilinearly and snaps to the palette (the official
+    code's downsampling); ``default`` takes the majority label of each cell.
+    """
+    mode = "official" if params.preset == "official" else "majority"
+    return (resample_labels(semantics.content, height, width, mode, semantics.palette),
+            resample_labels(semantics.style, height, width, mode, semantics.palette))
+
+
+@dataclass
+class InjectRun:
+    """Style sampling: SCSA (with semantics) or StyleID injection from ``bank``.
+
+    Reference terms depend only on (t, block): they are computed once and shared by every batch
+    row and by cond/uncond passes, then dropped when the step changes.
+    """
+    bank: FeatureBank
+    blocks: frozenset
+    settings: ApplySettings
+    current_t: int = -1
+    _terms: dict = field(default_factory=dict)
+    _labels: dict = field(default_factory=dict)
+
+    def set_step(self, t: int) -> None:
+        self.current_t = t
+        self._terms.clear()
+
+    def labels_at(self, height: int, width: int, device: torch.device):
+        """Content/style labels ``int64 [h*w]`` and their pairing at one token grid (cached)."""
+        if (height, width) not in self._labels:
+            content, style = grid_labels(self.settings.semantics, self.settings.params, height, width)
+            content, style = content.flatten().to(device), style.flatten().to(device)
+            self._labels[(height, width)] = (content, style, pair_labels(content, style))
+        return self._labels[(height, width)]
+
+    def _reference_terms(self, patch, key, q, extra_options) -> ReferenceTerms:
+        if key not in self._terms:
+            layers = patch.layers(key)
+            refs = self.bank.references(self.current_t, key, q.dtype, q.device)
+            height, width = extra_options["activations_shape"][-2:]
+            content_labels, style_labels, pairing = self.labels_at(height, width, q.device)
+            self._terms[key] = reference_terms(
+                layers, refs, project_references(layers, refs), content_labels, style_labels,
+                pairing, extra_options["n_heads"], self.settings.params)
+        return self._terms[key]
+
+    def attn1(self, patch, q, k, v, extra_options):
+        key = block_key(extra_options)
+        if self.settings.semantics is None:
+            layers = patch.layers(key)
+            refs = self.bank.references(self.current_t, key, q.dtype, q.device)
+            content_query = layers.to_q(layers.norm1(refs.content))
+            style_normed = layers.norm1(refs.style)
+            return styleid_attention(q, content_query, layers.to_k(style_normed),
+                                     layers.to_v(style_normed), extra_options["n_heads"],
+                                     self.settings.styleid.gamma, self.settings.styleid.temperature)
+        terms = self._reference_terms(patch, key, q, extra_options)
+        return terms.sca.expand(q.shape[0], -1, -1)
+
+    def middle(self, patch, x, attn_output, key, extra_options):
+        if self.settings.semantics is None:
+            return x
+        terms = self._terms[key]
+        layers = patch.layers(key)
+        block_input = x - attn_output
+        params = self.settings.params
+        ssa = layers.to_out(ssa_output(layers, block_input, terms, extra_options["n_heads"], params))
+        return fuse(block_input, attn_output, ssa, params)
+
+
+class AttentionPatch:
+    """The three patch functions, bound to one diffusion model.
+
+    Holds no features and no per-run state (those live in the run object), and deep-copies to
+    itself, so ``ModelPatcher.clone()`` shares it instead of copying it.
+    """
+
+    def __init__(self, diffusion_model: torch.nn.Module, settings: ApplySettings | None = None):
+        self.diffusion_model = diffusion_model
+        self.settings = settings  # None on inversion's recording clone
+        self._layers: dict[Hashable, BlockLayers] = {}
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def layers(self, key: BlockKey) -> BlockLayers:
+        if key not in self._layers:
+            self._layers[key] = block_layers(transformer_block(self.diffusion_model, key))
+        return self._layers[key]
+
+    @staticmethod
+    def _active(extra_options):
+        run = extra_options.get(RUN_KEY)
+        key = block_key(extra_options)
+        if run is None or key is None or key not in run.blocks:
+            return None, key
+        return run, key
+
+    def attn1_replace(self, q, k, v, extra_options):
+        run, _ = self._active(extra_options)
+        if run is None:
+            return _plain_attention(q, k, v, extra_options)
+        return run.attn1(self, q, k, v, extra_options)
+
+    def attn1_output(self, n, extra_options):
+        run, _ = self._active(extra_options)
+        if run is not None:
+            extra_options[_STASH_KEY] = n
+        return n
+
+    def middle(self, x, extra_options):
+        run, key = self._active(extra_options)
+        attn_output = extra_options.pop(_STASH_KEY, None)
+        if run is None or attn_output is None:
+            return x
+        return run.middle(self, x, attn_output, key, extra_options)
+
+    def install(self, model_patcher, blocks) -> None:
+        """Register on ``model_patcher`` (a clone) for every ``(name, number, index)`` in ``blocks``."""
+        for name, number, index in blocks:
+            model_patcher.set_model_attn1_replace(self.attn1_replace, name, number, index)
+        model_patcher.set_model_attn1_output_patch(self.attn1_output)
+        model_patcher.set_model_patch(self.middle, "middle_patch")
+
+
+def find_patch(model_patcher) -> AttentionPatch | None:
+    """The AttentionPatch installed on ``model_patcher``, if any."""
+    patches = model_patcher.model_options.get("transformer_options", {}).get("patches", {})
+    for fn in patches.get("middle_patch", []):
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, AttentionPatch):
+            return owner
+    return None
+
+
+def remove_patches(model_patcher) -> None:
+    """Drop every SCSA patch from ``model_patcher`` (a clone), so a fresh one can be installed."""
+    options = model_patcher.model_options.setdefault("transformer_options", {})
+    patches = options.get("patches", {})
+    for name in ("attn1_output_patch", "middle_patch"):
+        if name in patches:
+            patches[name] = [fn for fn in patches[name]
+                             if not isinstance(getattr(fn, "__self__", None), AttentionPatch)]
+    replace = options.get("patches_replace", {}).get("attn1", {})
+    for key in [k for k, fn in replace.items() if isinstance(getattr(fn, "__self__", None), AttentionPatch)]:
+        del replace[key]

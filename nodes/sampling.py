@@ -1,0 +1,74 @@
+"""Running scsa_core's DDIM loops through ComfyUI's own sampling path.
+
+ComfyUI samplers see latents in k-diffusion form (``x = x_ddpm * sqrt(1 + sigma^2)``) and a
+model that returns the denoised latent. :func:`run_ddim` wraps a DDIM loop from
+``scsa_core.schedules`` as a ``KSAMPLER`` function, so model loading, conditioning, wrappers,
+other packs' patches and latent scaling all happen exactly as in a stock KSampler, while the
+loop itself stays a plain function over tensors in DDPM form.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+
+from .injection import RUN_KEY
+
+
+def alphas_cumprod(model_patcher) -> torch.Tensor:
+    """``abar_t`` for t = 0..999 from the model's own noise schedule (float64, CPU)."""
+    sigmas = model_patcher.get_model_object("model_sampling").sigmas.detach().double().cpu()
+    return 1.0 / (1.0 + sigmas ** 2)
+
+
+def run_ddim(model_patcher, conditioning, latent: torch.Tensor, loop: Callable, run,
+             total_steps: int, scaled_input: bool = True) -> torch.Tensor:
+    """Run ``loop(eps_fn, x) -> x`` inside ComfyUI's sampler machinery; returns the loop's result.
+
+    latent: ``[B, C, H, W]`` ComfyUI latent (unscaled; ComfyUI scales it). With
+    ``scaled_input=False`` the loop ignores ``x`` and starts from latents it already holds in
+    the model's scaled space, and ``latent`` only gives the shape.
+    ``run`` (a RecordRun or InjectRun) is handed to the attention patch through
+    ``transformer_options`` and told the timestep before each model call. ``eps_fn(x, t)``
+    takes and returns DDPM-form tensors. The progress bar advances once per model call, and
+    Cancel is honoured before each call.
+    """
+    sigma_table = model_patcher.get_model_object("model_sampling").sigmas.detach()
+    progress = comfy.utils.ProgressBar(total_steps)
+    result = {}
+
+    def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra_args = dict(extra_args or {})
+        model_options = dict(extra_args.get("model_options", {}))
+        transformer_options = dict(model_options.get("transformer_options", {}))
+        transformer_options[RUN_KEY] = run
+        model_options["transformer_options"] = transformer_options
+        extra_args["model_options"] = model_options
+        ones = x.new_ones([x.shape[0]])
+
+        def eps_fn(x_ddpm: torch.Tensor, t: int) -> torch.Tensor:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            sigma = sigma_table[t].to(x_ddpm.device, torch.float32)
+            run.set_step(t)
+            x_k = x_ddpm * torch.sqrt(1.0 + sigma ** 2)
+            denoised = model(x_k, sigma * ones, **extra_args)
+            progress.update(1)
+            return (x_k - denoised) / sigma
+
+        result["x"] = loop(eps_fn, x if scaled_input else None)
+        return result["x"]
+
+    sampler = comfy.samplers.KSAMPLER(sampler_function)
+    # Two sigmas are enough for ComfyUI's bookkeeping; the loop sets every sigma itself.
+    sigmas = torch.stack([sigma_table[-1], sigma_table[0]]).float().cpu()
+    noise = torch.zeros_like(latent)
+    if not scaled_input:
+        latent = torch.zeros_like(latent)  # all-zero latents are passed through unscaled
+    comfy.sample.sample_custom(model_patcher, noise, 1.0, sampler, sigmas, conditioning, conditioning,
+                               latent, noise_mask=None, callback=None, disable_pbar=True, seed=0)
+    return result["x"]

@@ -1,0 +1,489 @@
+"""The pack's ComfyUI nodes (V3 schema): thin adapters from sockets to ``scsa_core``.
+
+Data flow of a graph:
+  SCSALoadSemanticMap x2 -> SCSASemanticPair ------------------------> semantics
+  (or MASK batches -> SCSASemanticFromMasks) ------------------------^
+  Load Checkpoint -> SCSAInvert(content, style, map latents) --------> inversion
+  Load Checkpoint -> SCSAApply(semantics, weights) -> SCSAStyleSampler(inversion) -> LATENT
+
+SCSAInvert takes the *unpatched* model, so changing SCSAApply's weights or the sampler's
+settings re-runs sampling only: ComfyUI keeps the inversion in its cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+import comfy.model_management
+import folder_paths
+import node_helpers
+from comfy_api.latest import io, ui
+
+from ..scsa_core.adain import adain, semantic_adain
+from ..scsa_core.block import PRESETS, SCSAParams
+from ..scsa_core.features import STREAMS, FeatureBank
+from ..scsa_core.labels import (SemanticLabels, label_preview, labels_from_color_maps,
+                                labels_from_masks)
+from ..scsa_core.schedules import (TIMESTEP_MODES, ddim_invert, ddim_sample, inversion_schedule,
+                                   sampling_schedule)
+from .injection import (ApplySettings, AttentionPatch, InjectRun, RecordRun, StyleIDParams,
+                        attention_blocks, find_patch, grid_labels, remove_patches)
+from .sampling import alphas_cumprod, run_ddim
+
+CATEGORY = "SCSA"
+Semantics = io.Custom("SCSA_SEMANTICS")
+Inversion = io.Custom("SCSA_INVERSION")
+
+INIT_MODES = ("auto", "semantic AdaIN", "AdaIN", "none")
+
+
+@dataclass(frozen=True)
+class SCSAInversion:
+    """What SCSAInvert hands to SCSAStyleSampler (read-only once built)."""
+    bank: FeatureBank
+    trajectory: dict          # t -> [S, C, H, W] latents in the model's scaled space
+    streams: tuple            # names of the S rows, from scsa_core.features.STREAMS
+    steps: int
+    blocks: frozenset         # ComfyUI keys (name, number, index) where features were recorded
+    conditioning: list        # the (empty-prompt) conditioning the inversion used
+    latent_shape: tuple
+
+
+# ------------------------------------------------------------------------------ images/maps
+def _image_files() -> list[str]:
+    input_dir = folder_paths.get_input_directory()
+    files = [f for f in os.listdir(input_dir) if os.path.isfile(os.path.join(input_dir, f))]
+    return sorted(folder_paths.filter_files_content_types(files, ["image"]))
+
+
+def read_map_rgb(path: str) -> np.ndarray:
+    """A semantic map file as ``uint8 [H, W, 3]``, losslessly.
+
+    16-bit images are reduced to 8 bits by their high byte; alpha is dropped (a map's regions
+    are its colours); palette and greyscale images are expanded to RGB.
+    """
+    image = node_helpers.pillow(Image.open, path)
+    image = node_helpers.pillow(ImageOps.exif_transpose, image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(image, dtype=np.int64)
+        scale = 257 if wide.max() > 255 else 1
+        grey = np.clip(np.rint(wide / scale), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _image_to_rgb(image: torch.Tensor, name: str) -> np.ndarray:
+    """ComfyUI IMAGE ``[B, H, W, C]`` float 0..1 -> ``uint8 [H, W, 3]`` of its first item."""
+    if image.dim() != 4 or image.shape[-1] < 3:
+        raise ValueError(f"{name}: expected an IMAGE [batch, height, width, 3], got shape {tuple(image.shape)}")
+    return (image[0, ..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def _to_image(rgb: torch.Tensor) -> torch.Tensor:
+    """``uint8 [H, W, 3]`` -> ComfyUI IMAGE ``[1, H, W, 3]``."""
+    return (rgb.float() / 255.0)[None]
+
+
+def pair_preview(semantics: SemanticLabels, gap: int = 8) -> torch.Tensor:
+    """Both label maps side by side, matched labels in their colours, unmatched hatched."""
+    left = label_preview(semantics.content, semantics.palette, semantics.matched)
+    right = label_preview(semantics.style, semantics.palette, semantics.matched)
+    height = max(left.shape[0], right.shape[0])
+    canvas = torch.full((height, left.shape[1] + gap + right.shape[1], 3), 255, dtype=torch.uint8)
+    canvas[:left.shape[0], :left.shape[1]] = left
+    canvas[:right.shape[0], left.shape[1] + gap:] = right
+    return _to_image(canvas)
+
+
+class SCSALoadSemanticMap(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCSALoadSemanticMap", display_name="Load Semantic Map (SCSA)", category=CATEGORY,
+            description="Loads a colour-coded semantic map losslessly (PNG recommended): paint each "
+                        "region in one flat colour; the same colour in the style map marks the same region.",
+            inputs=[io.Combo.Input("image", options=_image_files(), upload=io.UploadType.image,
+                                   tooltip="A semantic map in ComfyUI's input folder. Flat colours, "
+                                           "one per region; anti-aliased edges and JPEG noise are tolerated.")],
+            outputs=[io.Image.Output("map", tooltip="The map as an IMAGE (exact colours)."),
+                     io.Image.Output("preview", tooltip="The regions found, one colour per label.")],
+        )
+
+    @classmethod
+    def execute(cls, image):
+        rgb = read_map_rgb(folder_paths.get_annotated_filepath(image))
+        labels = labels_from_color_maps(rgb, rgb)
+        preview = _to_image(label_preview(labels.content, labels.palette))
+        return io.NodeOutput(_to_image(torch.from_numpy(rgb.copy())), preview, ui=ui.PreviewImage(preview, cls=cls))
+
+    @classmethod
+    def fingerprint_inputs(cls, image):
+        with open(folder_paths.get_annotated_filepath(image), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    @classmethod
+    def validate_inputs(cls, image):
+        if not folder_paths.exists_annotated_filepath(image):
+            return f"Invalid semantic map file: {image}"
+        return True
+
+
+class SCSASemanticPair(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCSASemanticPair", display_name="Semantic Pair (SCSA)", category=CATEGORY,
+            description="Finds the shared palette of a content map and a style map and labels every "
+                        "pixel: the same colour in both maps is the same region.",
+            inputs=[
+                io.Image.Input("content_map", tooltip="Semantic map of the content image."),
+                io.Image.Input("style_map", tooltip="Semantic map of the style image, painted with the same colours."),
+                io.Int.Input("max_labels", default=64, min=1, max=256, optional=True,
+                             tooltip="More region colours than this means the input is not a semantic map."),
+                io.Float.Input("min_region", default=0.02, min=0.0, max=10.0, step=0.01, optional=True,
+                               tooltip="Smallest region kept, in percent of the image; smaller specks "
+                                       "of colour are treated as stray pixels."),
+                io.Float.Input("merge_distance", default=24.0, min=1.0, max=128.0, step=1.0, optional=True,
+                               tooltip="Colours closer than this (RGB, 0-255) are one region. Raise it "
+                                       "for noisy maps, lower it if two similar colours are merged."),
+            ],
+            outputs=[Semantics.Output("semantics"),
+                     io.Image.Output("preview", tooltip="Content map (left) and style map (right); "
+                                     "regions without a counterpart are hatched.")],
+        )
+
+    @classmethod
+    def execute(cls, content_map, style_map, max_labels=64, min_region=0.02, merge_distance=24.0):
+        semantics = labels_from_color_maps(_image_to_rgb(content_map, "content_map"),
+                                           _image_to_rgb(style_map, "style_map"),
+                                           max_labels=max_labels, min_area_fraction=min_region / 100.0,
+                                           merge_distance=merge_distance)
+        preview = pair_preview(semantics)
+        return io.NodeOutput(semantics, preview, ui=ui.PreviewImage(preview, cls=cls))
+
+
+class SCSASemanticFromMasks(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCSASemanticFromMasks", display_name="Semantic Pair from Masks (SCSA)", category=CATEGORY,
+            description="Semantic regions from two MASK batches (e.g. from a segmentation node): "
+                        "content mask i and style mask i are the same region.",
+            inputs=[io.Mask.Input("content_masks", tooltip="A batch of L masks over the content image."),
+                    io.Mask.Input("style_masks", tooltip="A batch of L masks over the style image, in the same order."),
+                    io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01, optional=True,
+                                   tooltip="A pixel belongs to the strongest mask at or above this value; "
+                                           "pixels under every mask stay unlabelled.")],
+            outputs=[Semantics.Output("semantics"), io.Image.Output("preview")],
+        )
+
+    @classmethod
+    def execute(cls, content_masks, style_masks, threshold=0.5):
+        semantics = labels_from_masks(content_masks, style_masks, threshold=threshold)
+        preview = pair_preview(semantics)
+        return io.NodeOutput(semantics, preview, ui=ui.PreviewImage(preview, cls=cls))
+
+
+# --------------------------------------------------------------------------- model blocks
+_BLOCK_ITEM = re.compile(r"^(input|middle|output)\s*(\d+)?(?:\s*-\s*(\d+))?$")
+
+
+def parse_blocks(text: str) -> list[tuple[str, int]]:
+    """``"output 6-11"`` / ``"output 6, output 7; input 4-5"`` -> ``[("output", 6), ...]``."""
+    blocks, name = [], None
+    for item in re.split(r"[,;]", text):
+        item = item.strip().lower()
+        if not item:
+            continue
+        if item.isdigit() and name:
+            item = f"{name} {item}"
+        match = _BLOCK_ITEM.match(item)
+        if not match:
+            raise ValueError(f'blocks: cannot read "{item}". Write e.g. "output 6-11" or '
+                             f'"output 6, output 9-11", or "auto".')
+        name = match.group(1)
+        first = int(match.group(2) or 0)
+        last = int(match.group(3) or first)
+        blocks += [(name, number) for number in range(first, last + 1)]
+    return blocks
+
+
+def default_blocks(keys: list[tuple]) -> list[tuple]:
+    """The decoder's two finest attention levels (SD1.x/SD2.x: output 6-11, StyleID's choice)."""
+    output = [key for key in keys if key[0] == "output"]
+    levels: list[list] = []
+    for key in output:
+        if levels and levels[-1][-1][1] in (key[1], key[1] - 1) and _same_level(levels[-1][-1], key):
+            levels[-1].append(key)
+        else:
+            levels.append([key])
+    return [key for level in levels[-2:] for key in level]
+
+
+def _same_level(a, b) -> bool:
+    return a[3] == b[3]
+
+
+def resolve_blocks(model_patcher, text: str) -> frozenset:
+    """ComfyUI block keys ``(name, number, index)`` for SCSAInvert's ``blocks`` input."""
+    diffusion_model = model_patcher.model.diffusion_model
+    keys = attention_blocks(diffusion_model)
+    if not keys or not hasattr(diffusion_model, "output_blocks"):
+        family = type(model_patcher.model.model_config).__name__
+        raise ValueError(f"model: {family} has no SD-style UNet self-attention blocks. SCSA supports "
+                         "UNet models: SD1.x, SD2.x and SDXL (and their fine-tunes).")
+    if text.strip().lower() in ("", "auto"):
+        channels = {key: _channels(diffusion_model, key) for key in keys}
+        tagged = [key + (channels[key],) for key in keys]
+        return frozenset(key[:3] for key in default_blocks(tagged))
+    wanted = parse_blocks(text)
+    chosen = {key for key in keys if key[:2] in set(wanted)}
+    missing = sorted(set(wanted) - {key[:2] for key in chosen})
+    if missing:
+        available = sorted({f"{k[0]} {k[1]}" for k in keys})
+        raise ValueError(f"blocks: {', '.join(f'{n} {i}' for n, i in missing)} has no self-attention in "
+                         f"this model. Blocks with self-attention: {', '.join(available)}.")
+    return frozenset(chosen)
+
+
+def _channels(diffusion_model, key) -> int:
+    from .injection import transformer_block
+    return transformer_block(diffusion_model, key).norm1.normalized_shape[0]
+
+
+# ------------------------------------------------------------------------------ inversion
+def _latent(latent: dict | None, name: str) -> torch.Tensor | None:
+    if latent is None:
+        return None
+    samples = latent["samples"]
+    if samples.dim() != 4:
+        raise ValueError(f"{name}: expected an image latent [batch, channels, height, width], got {tuple(samples.shape)}")
+    if samples.shape[0] != 1:
+        raise ValueError(f"{name}: has a batch of {samples.shape[0]} images; SCSAInvert takes one image per "
+                         "input. Use 'Latent From Batch' to pick one.")
+    return samples
+
+
+def _bank_placement(model_patcher, bytes_needed: int) -> torch.device:
+    """The model's device when the bank fits there with room to spare, else CPU RAM."""
+    device = model_patcher.load_device
+    if device.type == "cpu":
+        return device
+    free = comfy.model_management.get_free_memory(device)
+    return device if bytes_needed < 0.5 * free else torch.device("cpu")
+
+
+class SCSAInvert(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCSAInvert", display_name="Invert Content & Style (SCSA)", category=CATEGORY,
+            description="DDIM-inverts the content, style and semantic-map latents in one batch and records "
+                        "the self-attention features that SCSAStyleSampler injects. Connect the model "
+                        "straight from Load Checkpoint (not from SCSAApply), so tweaking SCSAApply or the "
+                        "sampler re-runs sampling only.",
+            inputs=[
+                io.Model.Input("model", tooltip="The unpatched model (from Load Checkpoint / LoRA loaders)."),
+                io.Conditioning.Input("conditioning", tooltip="The empty prompt: CLIP Text Encode with no text."),
+                io.Latent.Input("content", tooltip="VAE-encoded content image."),
+                io.Latent.Input("style", tooltip="VAE-encoded style image (same size as the content)."),
+                io.Latent.Input("content_map", optional=True,
+                                tooltip="VAE-encoded content semantic map (the colour map image). Needed for SCSA."),
+                io.Latent.Input("style_map", optional=True,
+                                tooltip="VAE-encoded style semantic map. Needed for SCSA."),
+                io.Int.Input("steps", default=50, min=2, max=1000,
+                             tooltip="DDIM steps of the inversion and of the sampling (StyleID/SCSA use 50)."),
+                io.String.Input("blocks", default="auto",
+                                tooltip='Where features are recorded and later injected. "auto": the decoder\'s '
+                                        'two finest attention levels (SD1.x: output 6-11). Or e.g. "output 6-11".'),
+            ],
+            outputs=[Inversion.Output("inversion")],
+        )
+
+    @classmethod
+    def execute(cls, model, conditioning, content, style, steps, blocks, content_map=None, style_map=None):
+        latents = {"content": _latent(content, "content"), "style": _latent(style, "style"),
+                   "content_map": _latent(content_map, "content_map"),
+                   "style_map": _latent(style_map, "style_map")}
+        if (latents["content_map"] is None) != (latents["style_map"] is None):
+            raise ValueError("content_map / style_map: connect both semantic map latents, or neither (StyleID).")
+        streams = tuple(name for name in STREAMS if latents[name] is not None)
+        shape = latents["content"].shape
+        for name in streams:
+            if latents[name].shape != shape:
+                raise ValueError(f"{name}: latent is {tuple(latents[name].shape[-2:])} but content is "
+                                 f"{tuple(shape[-2:])} (in latent pixels). Resize the images to the same size "
+                                 "before VAE Encode (e.g. with 'Upscale Image').")
+        keys = resolve_blocks(model, blocks)
+        recorder = model.clone()
+        remove_patches(recorder)
+        patch = AttentionPatch(recorder.model.diffusion_model)
+        patch.install(recorder, sorted(keys))
+
+        dtype = recorder.model.get_dtype()
+        dtype = dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float16
+        estimate = _bank_bytes(recorder.model.diffusion_model, keys, len(streams), shape, steps, dtype)
+        bank = FeatureBank(streams, dtype=dtype, device=_bank_placement(recorder, estimate))
+        run = RecordRun(bank, keys)
+        stacked = torch.cat([latents[name] for name in streams])
+        alphas = alphas_cumprod(recorder)
+        schedule = inversion_schedule(steps)
+        trajectory = {}
+
+        def loop(eps_fn, x):
+            trajectory.update(ddim_invert(eps_fn, x, schedule, alphas))
+            return x
+
+        run_ddim(recorder, conditioning, stacked, loop, run, total_steps=len(schedule))
+        trajectory = {t: x.detach().to(bank.device) for t, x in trajectory.items()}
+        return io.NodeOutput(SCSAInversion(bank, trajectory, streams, steps, keys, conditioning, tuple(shape)))
+
+
+def _bank_bytes(diffusion_model, keys, streams: int, latent_shape, steps: int, dtype) -> int:
+    """Bytes the feature bank will take: each block's tokens x channels, per stream and step.
+
+    A block with ``c = model_channels * 2^k`` channels runs at the latent grid downsampled 2^k.
+    """
+    total = 0
+    for key in keys:
+        channels = _channels(diffusion_model, key)
+        level = max(0, round(math.log2(channels / diffusion_model.model_channels)))
+        tokens = math.ceil(latent_shape[-2] / 2 ** level) * math.ceil(latent_shape[-1] / 2 ** level)
+        total += streams * tokens * channels
+    return total * steps * torch.finfo(dtype).bits // 8
+
+
+# ---------------------------------------------------------------------------------- apply
+class SCSAApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCSAApply", display_name="Apply SCSA", category=CATEGORY,
+            description="Patches a copy of the model's self-attention with SCSA (with semantics) or StyleID "
+                        "(without). The input model is not changed; with a stock KSampler the patched model "
+                        "behaves exactly like the original.",
+            inputs=[
+                io.Model.Input("model"),
+                Semantics.Input("semantics", optional=True,
+                                tooltip="From SCSASemanticPair or SCSASemanticFromMasks. Without it: StyleID."),
+                io.Combo.Input("preset", options=list(PRESETS), default="default",
+                               tooltip="default: the paper's maths with its defects fixed (regions missing "
+                                       "from the style use the whole style). official: reproduces the "
+                                       "official code exactly, quirks included."),
+                io.Float.Input("sca_weight", default=0.8, min=0.0, max=2.0, step=0.05,
+                               tooltip="t1: weight of continuous attention (smooth, region-wise style)."),
+                io.Float.Input("ssa_weight", default=0.2, min=0.0, max=2.0, step=0.05,
+                               tooltip="t2: weight of sparse attention (sharp textures copied from the "
+                                       "best-matching style spot of the same region)."),
+                io.Float.Input("semantic_share", default=0.3, min=0.0, max=1.0, step=0.05,
+                               tooltip="a1: how much the semantic maps' features steer continuous attention."),
+                io.Float.Input("content_share", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="a2: share of the content image (vs the current latent) in sparse "
+                                       "attention's query. Higher keeps more content structure."),
+                io.Float.Input("temperature", default=1.2, min=0.1, max=5.0, step=0.05,
+                               tooltip="T: sharpens SCSA's continuous attention (> 1 = stronger style)."),
+                io.Float.Input("gamma", default=0.75, min=0.0, max=1.0, step=0.05,
+                               tooltip="StyleID mode (no semantics): share of the content query. Higher "
+                                       "preserves content."),
+                io.Float.Input("styleid_temperature", default=1.5, min=0.1, max=5.0, step=0.05, optional=True,
+                               tooltip="StyleID mode: attention temperature (StyleID's default 1.5)."),
+            ],
+            outputs=[io.Model.Output("patched_model", display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, preset, sca_weight, ssa_weight, semantic_share, content_share, temperature,
+                gamma, semantics=None, styleid_temperature=1.5):
+        settings = ApplySettings(
+            semantics=semantics,
+            params=SCSAParams(preset=preset, sca_weight=sca_weight, ssa_weight=ssa_weight,
+                              semantic_share=semantic_share, content_share=content_share,
+                              temperature=temperature),
+            styleid=StyleIDParams(gamma=gamma, temperature=styleid_temperature))
+        patched = model.clone()
+        remove_patches(patched)
+        keys = attention_blocks(patched.model.diffusion_model)
+        if not keys:
+            resolve_blocks(patched, "auto")  # raises the unsupported-family error
+        AttentionPatch(patched.model.diffusion_model, settings).install(patched, keys)
+        return io.NodeOutput(patched)
+
+
+# -------------------------------------------------------------------------------- sampler
+def initial_latent(inversion: SCSAInversion, settings: ApplySettings, start_from: int, init: str) -> torch.Tensor:
+    """The latent sampling starts from: ``[1, C, H, W]`` in the model's scaled space."""
+    start = inversion.trajectory[start_from]
+    content = start[inversion.streams.index("content"):][:1]
+    style = start[inversion.streams.index("style"):][:1]
+    if init == "auto":
+        init = "semantic AdaIN" if settings.semantics is not None else "AdaIN"
+    if init == "none":
+        return content
+    batch, channels, height, width = content.shape
+    tokens = lambda x: x.flatten(2).transpose(1, 2)  # noqa: E731  [1, C, H, W] -> [1, HW, C]
+    if init == "AdaIN":
+        mixed = adain(tokens(content), tokens(style))
+    else:
+        if settings.semantics is None:
+            raise ValueError("init: 'semantic AdaIN' needs semantics on SCSAApply. Connect a semantic pair, "
+                             "or choose 'AdaIN' (StyleID).")
+        content_labels, style_labels = grid_labels(settings.semantics, settings.params, height, width)
+        mixed = semantic_adain(tokens(content), tokens(style), content_labels.flatten().to(content.device),
+                               style_labels.flatten().to(content.device))
+    return mixed.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+class SCSAStyleSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCSAStyleSampler", display_name="Style Sampler (SCSA)", category=CATEGORY,
+            description="Denoises from the inverted content with the style features injected into the "
+                        "blocks SCSAInvert recorded. Decode the result with VAE Decode.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model from SCSAApply."),
+                Inversion.Input("inversion", tooltip="From SCSAInvert, on the same base model."),
+                io.Combo.Input("init", options=list(INIT_MODES), default="auto",
+                               tooltip="Starting latent: semantic AdaIN (region-wise colour statistics of "
+                                       "the style; SCSA's), AdaIN (global; StyleID's), none (the inverted "
+                                       "content). auto: semantic AdaIN with semantics, else AdaIN."),
+                io.Combo.Input("timesteps", options=list(TIMESTEP_MODES), default="official",
+                               tooltip="official: StyleID's schedule (skips the first step, as the papers "
+                                       "did). aligned: starts at the first inverted step, one step more."),
+            ],
+            outputs=[io.Latent.Output("latent")],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, init, timesteps):
+        patch = find_patch(model)
+        if patch is None or patch.settings is None:
+            raise ValueError("model: connect the MODEL output of SCSAApply; this model has no SCSA patch.")
+        settings = patch.settings
+        if settings.semantics is not None and settings.params.semantic_share > 0 and \
+                not {"content_map", "style_map"} <= set(inversion.streams):
+            raise ValueError("inversion: SCSA with semantic_share > 0 needs the semantic map latents. Connect "
+                             "content_map and style_map to SCSAInvert, or set semantic_share to 0.")
+        schedule = sampling_schedule(inversion.steps, timesteps)
+        start = initial_latent(inversion, settings, schedule.start_from, init)
+        alphas = alphas_cumprod(model)
+        run = InjectRun(inversion.bank, inversion.blocks, settings)
+
+        def loop(eps_fn, _):
+            return ddim_sample(eps_fn, start.to(comfy.model_management.get_torch_device()), schedule, alphas)
+
+        shape = (1,) + tuple(inversion.latent_shape[1:])
+        latent = run_ddim(model, inversion.conditioning, torch.zeros(shape), loop, run,
+                          total_steps=len(schedule.steps), scaled_input=False)
+        samples = model.model.process_latent_out(latent.to(torch.float32)).cpu()
+        return io.NodeOutput({"samples": samples})
+
+
+NODES = [SCSALoadSemanticMap, SCSASemanticPair, SCSASemanticFromMasks, SCSAInvert, SCSAApply, SCSAStyleSampler]
