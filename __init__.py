@@ -1,15 +1,17 @@
 """SCSA semantic style transfer for ComfyUI: the pack's entry point (V3 node API).
 
-ComfyUI imports this folder as a package and calls :func:`comfy_entrypoint`.
+ComfyUI imports this folder as a package and awaits :func:`comfy_entrypoint`. Importing the
+package itself needs nothing from ComfyUI (test runners import it while collecting).
 """
-from comfy_api.latest import ComfyExtension, io
 
 
-class SCSAExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        from .nodes.scsa_nodes import NODES
-        return NODES
+async def comfy_entrypoint():
+    from comfy_api.latest import ComfyExtension
 
+    from .nodes.scsa_nodes import NODES
 
-async def comfy_entrypoint() -> SCSAExtension:
+    class SCSAExtension(ComfyExtension):
+        async def get_node_list(self):
+            return NODES
+
     return SCSAExtension()

@@ -202,7 +202,7 @@ def parse_blocks(text: str) -> list[tuple[str, int]]:
         item = item.strip().lower()
         if not item:
             continue
-        if item.isdigit() and name:
+        if item[:1].isdigit() and name:  # "output 6, 9-10": the block name carries over
             item = f"{name} {item}"
         match = _BLOCK_ITEM.match(item)
         if not match:

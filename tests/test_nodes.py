@@ -1,0 +1,234 @@
+"""The nodes inside a real ComfyUI (in-process executor), on a tiny random SD1.5 checkpoint."""
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from comfy_fixtures import PromptError
+from oracle_data import sem_pairs_dir
+from pack import pack_module
+
+SIZE = 64  # pixels: an 8 x 8 latent keeps every run to seconds on CPU
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def images(comfy):
+    """Content, style and their semantic maps in ComfyUI's input folder (pair 29, or synthetic)."""
+    folder = sem_pairs_dir() / "29"
+    input_dir = comfy.folder_paths.get_input_directory()
+    names = {}
+    if folder.is_dir():
+        sources = {"content": "29.jpg", "style": "29_paint.jpg", "content_map": "29_sem.png",
+                   "style_map": "29_paint_sem.png"}
+        for role, source in sources.items():
+            resample = Image.NEAREST if role.endswith("map") else Image.BICUBIC
+            Image.open(folder / source).convert("RGB").resize((SIZE, SIZE), resample).save(
+                os.path.join(input_dir, f"test_{role}.png"))
+            names[role] = f"test_{role}.png"
+    else:  # a user's clone without ../shared: two-region synthetic pair
+        g = torch.Generator().manual_seed(0)
+        for role in ("content", "style"):
+            pixels = (torch.rand(SIZE, SIZE, 3, generator=g) * 255).byte().numpy()
+            Image.fromarray(pixels).save(os.path.join(input_dir, f"test_{role}.png"))
+            names[role] = f"test_{role}.png"
+        for role, split in (("content_map", SIZE // 2), ("style_map", SIZE // 3)):
+            pixels = torch.zeros(SIZE, SIZE, 3, dtype=torch.uint8)
+            pixels[:split] = torch.tensor([230, 0, 0], dtype=torch.uint8)
+            pixels[split:] = torch.tensor([0, 0, 230], dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(os.path.join(input_dir, f"test_{role}.png"))
+            names[role] = f"test_{role}.png"
+    small = Image.open(os.path.join(input_dir, names["style"])).resize((SIZE, SIZE * 3 // 4))
+    small.save(os.path.join(input_dir, "test_style_small.png"))
+    return names
+
+
+def scsa_prompt(checkpoint: str, images: dict, semantics: bool = True, **apply) -> dict:
+    def encode(node):
+        return {"class_type": "VAEEncode", "inputs": {"pixels": [node, 0], "vae": ["ckpt", 2]}}
+    prompt = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "empty": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "content": {"class_type": "LoadImage", "inputs": {"image": images["content"]}},
+        "style": {"class_type": "LoadImage", "inputs": {"image": images["style"]}},
+        "content_map": {"class_type": "SCSALoadSemanticMap", "inputs": {"image": images["content_map"]}},
+        "style_map": {"class_type": "SCSALoadSemanticMap", "inputs": {"image": images["style_map"]}},
+        "z_content": encode("content"), "z_style": encode("style"),
+        "z_content_map": encode("content_map"), "z_style_map": encode("style_map"),
+        "pair": {"class_type": "SCSASemanticPair",
+                 "inputs": {"content_map": ["content_map", 0], "style_map": ["style_map", 0]}},
+        "invert": {"class_type": "SCSAInvert", "inputs": {
+            "model": ["ckpt", 0], "conditioning": ["empty", 0], "content": ["z_content", 0],
+            "style": ["z_style", 0], "content_map": ["z_content_map", 0],
+            "style_map": ["z_style_map", 0], "steps": STEPS, "blocks": "auto"}},
+        "apply": {"class_type": "SCSAApply", "inputs": dict({
+            "model": ["ckpt", 0], "semantics": ["pair", 0], "preset": "default", "sca_weight": 0.8,
+            "ssa_weight": 0.2, "semantic_share": 0.3, "content_share": 0.5, "temperature": 1.2,
+            "gamma": 0.75}, **apply)},
+        "sample": {"class_type": "SCSAStyleSampler", "inputs": {
+            "model": ["apply", 0], "inversion": ["invert", 0], "init": "auto", "timesteps": "official"}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "scsa_test"}},
+    }
+    if not semantics:
+        del prompt["apply"]["inputs"]["semantics"]
+        for node in ("content_map", "style_map", "z_content_map", "z_style_map", "pair"):
+            del prompt[node]
+        del prompt["invert"]["inputs"]["content_map"], prompt["invert"]["inputs"]["style_map"]
+    return prompt
+
+
+def _latent(result, node="sample"):
+    return result[node][0]["samples"]
+
+
+def test_scsa_runs_is_deterministic_and_changes_the_output(comfy, tiny_checkpoint, images):
+    prompt = scsa_prompt(tiny_checkpoint.name, images)
+    comfy.reset_cache()
+    first = comfy.run_prompt(prompt)
+    scsa = _latent(first)
+    assert scsa.shape == (1, 4, SIZE // 8, SIZE // 8) and torch.isfinite(scsa).all()
+    decoded = first["decode"][0]
+    assert torch.isfinite(decoded).all() and decoded.std() > 0
+    assert first.ui["save"]["images"], "SaveImage wrote no file"
+
+    comfy.reset_cache()
+    again = comfy.run_prompt(prompt)
+    assert torch.equal(_latent(again), scsa), "two runs of the same prompt differ"
+
+    # Sampling the same inversion with injection switched off (no blocks) is plain DDIM.
+    injection = pack_module("nodes/injection.py")
+    sampling = pack_module("nodes/sampling.py")
+    scsa_nodes = pack_module("nodes/scsa_nodes.py")
+    schedules = pack_module("scsa_core/schedules.py")
+    model, inversion = first["apply"][0], first["invert"][0]
+    settings = injection.find_patch(model).settings
+    schedule = schedules.sampling_schedule(inversion.steps, "official")
+    start = scsa_nodes.initial_latent(inversion, settings, schedule.start_from, "auto")
+    alphas = sampling.alphas_cumprod(model)
+    with torch.inference_mode():  # as ComfyUI's executor runs nodes
+        plain = sampling.run_ddim(model, inversion.conditioning, torch.zeros(1, 4, SIZE // 8, SIZE // 8),
+                                  lambda eps_fn, _: schedules.ddim_sample(eps_fn, start, schedule, alphas),
+                                  injection.InjectRun(inversion.bank, frozenset(), settings),
+                                  total_steps=len(schedule.steps), scaled_input=False)
+        plain = model.model.process_latent_out(plain)
+    difference = ((plain - scsa).norm() / scsa.norm()).item()
+    assert difference > 1e-3, f"SCSA injection changed the latent by only {difference:.2e}"
+
+
+def test_styleid_mode_without_semantics(comfy, tiny_checkpoint, images):
+    styleid = comfy.run_prompt(scsa_prompt(tiny_checkpoint.name, images, semantics=False))
+    scsa = comfy.run_prompt(scsa_prompt(tiny_checkpoint.name, images))
+    latent = _latent(styleid)
+    assert torch.isfinite(latent).all()
+    assert styleid["invert"][0].streams == ("content", "style")
+    assert not torch.allclose(latent, _latent(scsa))
+
+
+def test_requeue_with_new_weights_reruns_sampling_only(comfy, tiny_checkpoint, images):
+    comfy.run_prompt(scsa_prompt(tiny_checkpoint.name, images))
+    changed = comfy.run_prompt(scsa_prompt(tiny_checkpoint.name, images, sca_weight=0.5))
+    assert "invert" not in changed.executed and "z_content" not in changed.executed
+    assert {"apply", "sample"} <= set(changed.executed)
+    sampler_only = scsa_prompt(tiny_checkpoint.name, images, sca_weight=0.5)
+    sampler_only["sample"]["inputs"]["timesteps"] = "aligned"
+    rerun = comfy.run_prompt(sampler_only)
+    assert "invert" not in rerun.executed and "apply" not in rerun.executed and "sample" in rerun.executed
+
+
+def _fingerprint(model_patcher):
+    weights = {k: v.double().sum().item() for k, v in model_patcher.model.state_dict().items()}
+    return copy.deepcopy(repr(model_patcher.model_options)), weights
+
+
+def test_input_model_is_untouched_and_stock_ksampler_is_unchanged(comfy, tiny_checkpoint, images):
+    injection = pack_module("nodes/injection.py")
+    base = comfy.run_prompt({"ckpt": scsa_prompt(tiny_checkpoint.name, images)["ckpt"]}, outputs=["ckpt"])
+    before = _fingerprint(base["ckpt"][0])
+    prompt = scsa_prompt(tiny_checkpoint.name, images)
+    for name, model in (("ks_plain", ["ckpt", 0]), ("ks_patched", ["apply", 0])):
+        prompt[name] = {"class_type": "KSampler", "inputs": {
+            "model": model, "seed": 7, "steps": 3, "cfg": 2.0, "sampler_name": "euler",
+            "scheduler": "normal", "positive": ["empty", 0], "negative": ["empty", 0],
+            "latent_image": ["z_content", 0], "denoise": 0.6}}
+    result = comfy.run_prompt(prompt, outputs=["sample", "ks_plain", "ks_patched"])
+    assert _fingerprint(result["ckpt"][0]) == before
+    assert injection.find_patch(result["ckpt"][0]) is None
+    assert injection.find_patch(result["apply"][0]) is not None
+    assert torch.equal(_latent(result, "ks_plain"), _latent(result, "ks_patched"))
+
+
+def test_previews_and_masks(comfy, tiny_checkpoint, images):
+    result = comfy.run_prompt(scsa_prompt(tiny_checkpoint.name, images), outputs=["pair", "content_map"])
+    preview = result["pair"][1]
+    assert preview.shape[0] == 1 and preview.shape[-1] == 3 and preview.shape[2] > 2 * SIZE
+    assert result.ui["pair"]["images"], "the pair preview is not shown on the node"
+    semantics = result["pair"][0]
+    assert semantics.content.shape == (SIZE, SIZE) and int(semantics.matched.sum()) >= 2
+
+    masks_node = comfy.node_class("SCSASemanticFromMasks")
+    content = torch.zeros(2, 16, 16)
+    content[0, :, :8], content[1, :, 8:] = 1, 1
+    style = torch.zeros(2, 16, 20)
+    style[0, :4], style[1, 4:] = 1, 1
+    out = masks_node.execute(content, style, threshold=0.5)
+    labels = out.result[0]
+    assert labels.content[:, :8].eq(0).all() and labels.content[:, 8:].eq(1).all()
+    assert labels.style[:4].eq(0).all() and bool(labels.matched.all())
+
+
+def test_clear_errors(comfy, tiny_checkpoint, images):
+    mismatched = scsa_prompt(tiny_checkpoint.name, images)
+    mismatched["style"]["inputs"]["image"] = "test_style_small.png"
+    with pytest.raises(PromptError, match="style: latent is"):
+        comfy.run_prompt(mismatched)
+
+    no_semantics = scsa_prompt(tiny_checkpoint.name, images, semantics=False)
+    no_semantics["sample"]["inputs"]["init"] = "semantic AdaIN"
+    with pytest.raises(PromptError, match="needs semantics on SCSAApply"):
+        comfy.run_prompt(no_semantics)
+
+    unpatched = scsa_prompt(tiny_checkpoint.name, images)
+    unpatched["sample"]["inputs"]["model"] = ["ckpt", 0]
+    with pytest.raises(PromptError, match="connect the MODEL output of SCSAApply"):
+        comfy.run_prompt(unpatched)
+
+    bad_blocks = scsa_prompt(tiny_checkpoint.name, images)
+    bad_blocks["invert"]["inputs"]["blocks"] = "output 40"
+    with pytest.raises(PromptError, match="has no self-attention in this model"):
+        comfy.run_prompt(bad_blocks)
+
+
+def test_model_without_unet_attention_is_refused(comfy):
+    scsa_nodes = pack_module("nodes/scsa_nodes.py")
+
+    class DiT(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+
+    class FakeConfig:
+        pass
+
+    class FakeModel:
+        diffusion_model = DiT()
+        model_config = FakeConfig()
+
+    class FakePatcher:
+        model = FakeModel()
+
+    with pytest.raises(ValueError, match="SD1.x, SD2.x and SDXL"):
+        scsa_nodes.resolve_blocks(FakePatcher(), "auto")
+
+
+def test_block_parsing(comfy):
+    scsa_nodes = pack_module("nodes/scsa_nodes.py")
+    assert scsa_nodes.parse_blocks("output 6-11") == [("output", n) for n in range(6, 12)]
+    assert scsa_nodes.parse_blocks("output 6, 9-10; input 4") == [("output", 6), ("output", 9),
+                                                                  ("output", 10), ("input", 4)]
+    with pytest.raises(ValueError, match="cannot read"):
+        scsa_nodes.parse_blocks("decoder everything")
