@@ -1,33 +1,36 @@
 """Semantic labels: from colour-coded maps or masks to integer label maps at any grid.
 
 A *label map* is ``int64 [H, W]`` with values in ``[0, L)`` and ``-1`` for "no label". Labels are
-shared by the content and the style map: label ``i`` means the same semantic region on both sides,
-and ``palette[i]`` is its display colour (for colour maps, the colour it was drawn with).
+shared by the content and the style map: label ``i`` is the same semantic region on both sides,
+and ``palette[i]`` is its display colour (for colour maps, the colour it was painted with).
 
-Palette discovery (``labels_from_color_maps``) works on both maps jointly:
+Palette discovery (``labels_from_color_maps``) looks at both maps together:
 
-1. Colour clusters are seeded greedily from the joint histogram of exact colours, most frequent
-   first; every colour within ``merge_distance`` of a seed joins it. A seed is the most frequent
-   exact colour of its neighbourhood, so lossless maps give back their exact palette.
-2. Every pixel takes its nearest cluster. A cluster is a region colour only if some of its pixels
-   are *interior*: the whole 3 x 3 neighbourhood has the same cluster. Anti-aliased edges, JPEG
-   ringing and drawn outlines are bands one or two pixels wide, so their clusters have (almost) no
-   interior, however many pixels they hold; a real region, even a thin one, has an interior.
-3. Clusters must also cover ``min_area_fraction`` of one of the two maps, which removes stray
-   pixels. Every pixel then takes the nearest kept colour (Euclidean RGB), exactly as the dataset
-   authors label a map with their hand-written palette.
+1. Colour clusters are seeded from the joint histogram: at the densest spot of the colours not
+   yet taken, the most frequent exact colour becomes a cluster and takes every colour within
+   ``merge_distance``. On a lossless map the clusters are exactly the painted colours.
+2. Every pixel joins its nearest cluster. A cluster is a region colour only if a fair share of
+   its pixels are *interior* (their whole 3 x 3 window, wider for large maps, has that
+   cluster). Anti-aliased edges, JPEG ringing and drawn outlines form bands one or two pixels
+   wide, so their clusters have almost no interior however many pixels they hold, while a real
+   region, even a thin stripe, has one. Stray specks fail a minimum area, and a region colour
+   within twice ``merge_distance`` of a larger one is JPEG noise spilling over and merges in.
+3. Pixels close to a region colour take it (the nearest colour, as the dataset authors label
+   their maps). Pixels far from all of them (edge blends, JPEG colour bleeding, outlines) take,
+   among the regions right around them, the one nearest in colour, so bleeding at a boundary
+   never invents a third region.
 
 Grids: SD's UNet halves the latent grid with stride-2 convolutions of padding 1, i.e. with ceil
 rounding (``token_grid_size``). ``resample_labels`` brings a label map to any grid; its
-``"official"`` mode reproduces the official SCSA code (bilinear resize of the colour image, as
-OpenCV does on uint8, then nearest palette colour).
+``"official"`` mode reproduces the official SCSA code (OpenCV bilinear resize of the colour
+image, then nearest palette colour), and ``resample_color_map_official`` does so from the colour
+map itself, bit for bit.
 """
 from __future__ import annotations
 
 import colorsys
 import math
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -39,6 +42,7 @@ __all__ = [
     "token_grid_size",
     "resample_labels",
     "opencv_resize_linear_uint8",
+    "resample_color_map_official",
     "distinct_palette",
     "label_preview",
     "RESAMPLE_MODES",
@@ -69,14 +73,20 @@ class SemanticLabels:
     matched: torch.Tensor
 
     def __post_init__(self):
+        palette, matched = self.palette, self.matched
+        if not isinstance(palette, torch.Tensor) or palette.dtype != torch.uint8 or palette.dim() != 2 \
+                or palette.shape[1] != 3:
+            raise ValueError("SemanticLabels.palette must be a uint8 tensor [L, 3]")
+        if not isinstance(matched, torch.Tensor) or matched.dtype != torch.bool \
+                or tuple(matched.shape) != (palette.shape[0],):
+            raise ValueError("SemanticLabels.matched must be a bool tensor [L], one flag per palette colour")
         for name in ("content", "style"):
             value = getattr(self, name)
             if not isinstance(value, torch.Tensor) or value.dtype != torch.int64 or value.dim() != 2:
                 raise ValueError(f"SemanticLabels.{name} must be an int64 tensor [H, W]")
-        if self.palette.dtype != torch.uint8 or self.palette.dim() != 2 or self.palette.shape[1] != 3:
-            raise ValueError("SemanticLabels.palette must be a uint8 tensor [L, 3]")
-        if self.matched.dtype != torch.bool or tuple(self.matched.shape) != (self.palette.shape[0],):
-            raise ValueError("SemanticLabels.matched must be a bool tensor [L], one flag per palette colour")
+            values = value.detach().cpu().numpy()
+            if values.size and (values.min() < -1 or values.max() >= palette.shape[0]):
+                raise ValueError(f"SemanticLabels.{name} values must lie in [-1, {palette.shape[0]})")
 
     @property
     def num_labels(self) -> int:
@@ -109,15 +119,20 @@ class SemanticLabels:
         return SemanticLabels(content, style, self.palette, _matched(content, style, self.num_labels))
 
 
+def _label_counts(label_map: torch.Tensor, num_labels: int) -> np.ndarray:
+    """Pixels per label, ``int64 [num_labels]`` (-1 and out-of-range values ignored)."""
+    # numpy's bincount is far faster than torch's on CPU.
+    counts = np.bincount(label_map.detach().cpu().reshape(-1).numpy() + 1, minlength=num_labels + 1)
+    return counts[1:num_labels + 1]
+
+
 def _present(label_map: torch.Tensor, num_labels: int) -> list[int]:
-    counts = torch.bincount(label_map[label_map >= 0].flatten(), minlength=num_labels)
-    return torch.nonzero(counts).flatten().tolist()
+    return np.nonzero(_label_counts(label_map, num_labels))[0].tolist()
 
 
 def _matched(content: torch.Tensor, style: torch.Tensor, num_labels: int) -> torch.Tensor:
-    def occurs(label_map):
-        return torch.bincount(label_map[label_map >= 0].flatten(), minlength=num_labels)[:num_labels] > 0
-    return occurs(content) & occurs(style)
+    both = (_label_counts(content, num_labels) > 0) & (_label_counts(style, num_labels) > 0)
+    return torch.from_numpy(both)
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,9 +142,11 @@ def _as_rgb_uint8(image, name: str) -> np.ndarray:
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"{name}: expected an H x W x 3 uint8 array (numpy or torch), got {type(image).__name__}")
+        raise ValueError(f"{name}: expected an H x W x 3 uint8 array (numpy or torch), "
+                         f"got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3:
-        hint = " (drop the alpha channel, e.g. PIL's .convert('RGB'))" if image.ndim == 3 and image.shape[2] == 4 else ""
+        rgba = image.ndim == 3 and image.shape[2] == 4
+        hint = " (drop the alpha channel, e.g. PIL's .convert('RGB'))" if rgba else ""
         raise ValueError(f"{name}: expected shape H x W x 3 (RGB), got {tuple(image.shape)}{hint}")
     if image.dtype != np.uint8:
         raise ValueError(f"{name}: expected dtype uint8 (0-255), got {image.dtype}; "
@@ -167,16 +184,33 @@ def _nearest_colour(colours: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return out
 
 
-def _interior(label_map: np.ndarray) -> np.ndarray:
-    """bool [H, W]: the pixel's 3 x 3 neighbourhood (edge-replicated) has its own label."""
-    height, width = label_map.shape
-    padded = np.pad(label_map, 1, mode="edge")
-    inside = np.ones((height, width), dtype=bool)
-    for dy in range(3):
-        for dx in range(3):
-            if dy != 1 or dx != 1:
-                inside &= padded[dy:dy + height, dx:dx + width] == label_map
-    return inside
+def _sliding(values: np.ndarray, radius: int, axis: int, reduce) -> np.ndarray:
+    """``reduce`` (np.minimum / np.maximum) over a window of 2 radius + 1 along ``axis``; the
+    edge-replicated border is the same as clipping the window."""
+    size = values.shape[axis]
+    padding = [(0, 0)] * values.ndim
+    padding[axis] = (radius, radius)
+    padded = np.pad(values, padding, mode="edge")
+    window = [slice(None)] * values.ndim
+    out = values
+    for shift in range(2 * radius + 1):
+        window[axis] = slice(shift, shift + size)
+        out = reduce(out, padded[tuple(window)])
+    return out
+
+
+def _interior(label_map: np.ndarray, radius: int = 1) -> np.ndarray:
+    """bool [H, W]: the whole (2 radius + 1)^2 window around the pixel (clipped at the border)
+    has the pixel's label, i.e. the window's minimum and maximum label are the pixel's."""
+    low, high = label_map, label_map
+    for axis in (0, 1):
+        low = _sliding(low, radius, axis, np.minimum)
+        high = _sliding(high, radius, axis, np.maximum)
+    return (low == label_map) & (high == label_map)
+
+
+_BINS = 32  # 8-level colour bins for the density estimate
+_DOMINANT_FRACTION = 0.1  # share of a map that makes a flat colour a region outright
 
 
 def _box_sum_3(volume: np.ndarray) -> np.ndarray:
@@ -202,112 +236,242 @@ def _seed_clusters(colours: np.ndarray, counts: np.ndarray, merge_distance: floa
     noise), or after ``max_clusters`` seeds.
     """
     radius_sq = merge_distance * merge_distance
+    reach = int(math.ceil(merge_distance / 8.0)) + 1  # bins a merge can touch, each way
     bins = colours >> 3
-    bin_index = (bins[:, 0] * 32 + bins[:, 1]) * 32 + bins[:, 2]
-    remaining = np.bincount(bin_index, weights=counts, minlength=32 ** 3).reshape(32, 32, 32)
+    bin_index = (bins[:, 0] * _BINS + bins[:, 1]) * _BINS + bins[:, 2]
+    # Colours sorted by bin, so that a box of bins is a few contiguous runs (CSR layout).
+    order = np.argsort(bin_index, kind="stable")
+    colours, counts, bins, bin_index = colours[order], counts[order], bins[order], bin_index[order]
+    bin_start = np.concatenate([[0], np.cumsum(np.bincount(bin_index, minlength=_BINS ** 3))])
+    remaining = np.bincount(bin_index, weights=counts, minlength=_BINS ** 3).reshape((_BINS,) * 3)
+    density = _box_sum_3(remaining)
     alive = np.ones(len(colours), dtype=bool)
+
+    def members(centre, half_width):
+        """Indices of the colours in the box of bins ``centre +- half_width``."""
+        axes = [np.arange(max(0, c - half_width), min(_BINS, c + half_width + 1)) for c in centre]
+        ids = ((axes[0][:, None, None] * _BINS + axes[1][None, :, None]) * _BINS
+               + axes[2][None, None, :]).reshape(-1)
+        starts, stops = bin_start[ids], bin_start[ids + 1]
+        lengths = stops - starts
+        total = int(lengths.sum())
+        if total == 0:
+            return np.zeros(0, dtype=np.int64)
+        run_offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        return np.arange(total) + run_offsets
+
     seeds = []
     while len(seeds) < max_clusters:
-        density = _box_sum_3(remaining)
         densest = np.unravel_index(int(density.argmax()), density.shape)
         if density[densest] < min_count:
             break
-        nearby = alive & (np.abs(bins - np.asarray(densest)).max(1) <= 1)
-        candidates = np.nonzero(nearby)[0]
-        seed = colours[candidates[counts[candidates].argmax()]]
-        diff = colours - seed
-        absorbed = alive & ((diff * diff).sum(1) <= radius_sq)
-        alive &= ~absorbed
-        remaining -= np.bincount(bin_index[absorbed], weights=counts[absorbed],
-                                 minlength=32 ** 3).reshape(32, 32, 32)
+        nearby = members(densest, 1)
+        nearby = nearby[alive[nearby]]
+        seed = colours[nearby[counts[nearby].argmax()]]
+        seed_bin = seed >> 3
+        reachable = members(seed_bin, reach)
+        diff = colours[reachable] - seed
+        absorbed = reachable[alive[reachable] & ((diff * diff).sum(1) <= radius_sq)]
+        alive[absorbed] = False
+        np.subtract.at(remaining.reshape(-1), bin_index[absorbed], counts[absorbed])
+        # Only densities next to the changed bins move.
+        lo = np.maximum(seed_bin - reach - 1, 0)
+        hi = np.minimum(seed_bin + reach + 2, _BINS)
+        plo, phi = np.maximum(lo - 1, 0), np.minimum(hi + 1, _BINS)
+        local = _box_sum_3(remaining[plo[0]:phi[0], plo[1]:phi[1], plo[2]:phi[2]])
+        density[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = local[lo[0] - plo[0]:hi[0] - plo[0],
+                                                               lo[1] - plo[1]:hi[1] - plo[1],
+                                                               lo[2] - plo[2]:hi[2] - plo[2]]
         seeds.append(seed)
     return np.asarray(seeds, dtype=np.int32).reshape(-1, 3)
 
 
+def _label_off_palette_pixels(image: np.ndarray, nearest_label: np.ndarray, offset_sq: np.ndarray,
+                              palette: np.ndarray, edge_distance: float,
+                              max_radius: int = 32) -> np.ndarray:
+    """Labels for pixels far from every palette colour, chosen among the regions around them.
+
+    image: ``uint8 [H, W, 3]``; nearest_label: ``[H, W]`` index of the nearest palette colour;
+    offset_sq: ``[H, W]`` squared distance to it. Returns ``int64 [H, W]``.
+
+    Pixels within ``edge_distance`` of a palette colour keep it. The others are edge blends,
+    JPEG colour bleeding (4:2:0 chroma keeps a pixel's brightness but averages its colour with
+    the neighbour's, which can land nearest to a third palette colour), outlines or stray
+    pixels: they take, among the labels of confident pixels within 2 pixels (then 4, 8, ...
+    up to ``max_radius``), the one whose colour is nearest to theirs. Where an anti-aliased
+    blend sits between its two regions this is the plain nearest colour; where bleeding would
+    invent a third region it is not.
+    """
+    confident = np.where(offset_sq <= edge_distance * edge_distance, nearest_label, -1)
+    rows, cols = np.nonzero(confident < 0)
+    if len(rows) == 0:
+        return nearest_label.astype(np.int64)
+    result = confident.astype(np.int64)
+    palette = palette.astype(np.int32)
+    # A border of "not confident" lets windows reach past the image edge without clipping.
+    border = max_radius
+    padded = np.pad(confident, border, constant_values=-1)
+    pending = np.arange(len(rows))
+    radius = 2
+    while len(pending) and radius <= max_radius:
+        step = max(1, radius // 2)
+        span = range(-radius, radius + 1, step)
+        # Spatially nearest offsets first, so that colour ties go to the closest region.
+        offsets = sorted(((dy, dx) for dy in span for dx in span), key=lambda o: o[0] ** 2 + o[1] ** 2)
+        still_pending = []
+        chunk = max(1, _CHUNK_ELEMENTS // (3 * len(offsets)))
+        for start in range(0, len(pending), chunk):
+            part = pending[start:start + chunk]
+            y, x = rows[part], cols[part]
+            candidates = np.stack([padded[y + (border + dy), x + (border + dx)] for dy, dx in offsets],
+                                  axis=1)
+            diff = image[y, x].astype(np.int32)[:, None, :] - palette[np.maximum(candidates, 0)]
+            dist = (diff * diff).sum(-1)
+            dist[candidates < 0] = np.iinfo(np.int32).max
+            choice = candidates[np.arange(len(part)), dist.argmin(1)]
+            found = choice >= 0
+            result[y[found], x[found]] = choice[found]
+            still_pending.append(part[~found])
+        pending = np.concatenate(still_pending)
+        radius *= 2
+    # Far from any confident region: fall back on the nearest colour.
+    result[rows[pending], cols[pending]] = nearest_label[rows[pending], cols[pending]]
+    return result
+
+
+def _joint_histogram(keys: list[np.ndarray]):
+    """Distinct colours over several maps.
+
+    keys: per map ``int32 [N_m]`` packed colours. Returns ``(unique_keys [U], joint_counts [U],
+    inverses)`` with ``inverses[m]``: ``int32 [N_m]`` index of each pixel's colour in ``unique_keys``.
+    """
+    # One map at a time keeps the sort's working memory to one map.
+    per_map = [np.unique(k, return_inverse=True, return_counts=True) for k in keys]
+    unique_keys = np.unique(np.concatenate([u for u, _, _ in per_map]))
+    joint_counts = np.zeros(len(unique_keys), dtype=np.int64)
+    inverses = []
+    for map_keys, map_inverse, map_counts in per_map:
+        position = np.searchsorted(unique_keys, map_keys)
+        joint_counts[position] += map_counts
+        inverses.append(position.astype(np.int32)[map_inverse.reshape(-1)])
+    return unique_keys, joint_counts, inverses
+
+
+def _not_a_map_error(what: str) -> ValueError:
+    return ValueError(
+        f"this does not look like a semantic colour map: {what}. A semantic map is painted with a few "
+        "flat colours, one per region, the same colour for the same region in the content and the "
+        "style map; photographs and gradients do not work. Check that the semantic map, not the "
+        "image, is connected to this input.")
+
+
 def labels_from_color_maps(content_rgb, style_rgb, *, max_labels: int = 64,
                            min_area_fraction: float = 2e-4, merge_distance: float = 24.0,
-                           min_interior_fraction: float = 0.05, min_flat_fraction: float = 0.6,
-                           flat_distance: float = 40.0) -> SemanticLabels:
+                           min_interior_fraction: float = 0.05, interior_radius: int | None = None,
+                           edge_distance: float = 24.0, flat_distance: float = 6.0,
+                           min_flat_fraction: float = 0.5) -> SemanticLabels:
     """Find the shared palette of two colour-coded semantic maps and label every pixel.
 
-    content_rgb, style_rgb: ``uint8 [H, W, 3]`` RGB (numpy or torch); sizes may differ.
+    content_rgb, style_rgb: ``uint8 [H, W, 3]`` RGB (numpy or torch); the sizes may differ.
 
-    Options (defaults suit hand-painted maps, anti-aliased or saved as JPEG):
-    - ``max_labels``: more region colours than this means the input is not a semantic map.
-    - ``min_area_fraction``: a region colour must cover at least this fraction of one of the two
-      maps (2e-4 = 52 pixels at 512 x 512); smaller specks are stray pixels.
-    - ``merge_distance``: colours closer than this (Euclidean RGB, 0-255) are one colour; JPEG
-      noise stays well below it, distinct labels should be further apart than about 2x it.
-    - ``min_interior_fraction``: at least this fraction of a colour's pixels must be interior
-      (3 x 3 neighbourhood of the same colour). Measured on the dataset: real regions 0.16-0.99
-      (a 5-pixel-wide stripe saved as JPEG is the low end), edge blends and JPEG ringing <= 0.01.
-    - ``min_flat_fraction`` / ``flat_distance``: at least this fraction of all pixels must lie
-      within ``flat_distance`` of a palette colour, which rejects photographs.
+    Options (the defaults suit hand-painted maps, anti-aliased or saved as JPEG; distances are
+    Euclidean in RGB, 0-255):
+    - ``max_labels`` (64): more region colours than this means the input is not a semantic map.
+    - ``min_area_fraction`` (2e-4, i.e. 52 pixels at 512 x 512): a region colour must cover at
+      least this fraction of one of the two maps; smaller specks are stray pixels.
+    - ``merge_distance`` (24): colours closer than this are one colour, and region colours closer
+      than twice this are one label. JPEG noise at quality 75 stays well below it; distinct
+      labels must be at least 48 apart (the dataset's closest pair is 63 apart).
+    - ``min_interior_fraction`` (0.05): at least this fraction of a colour's pixels must be
+      interior, i.e. their whole window has that colour. Measured on the dataset: real regions
+      0.16-0.99 (the low end is a 5-pixel-wide stripe saved as JPEG), edge blends and JPEG
+      ringing at most 0.01. A flat colour covering a tenth of a map needs no interior.
+    - ``interior_radius`` (None: 1 per 512 pixels of the longer side, at least 1): half-size of
+      that window. Scaling it keeps blends thin relative to it when a map has been enlarged.
+    - ``edge_distance`` (24): pixels farther than this from every palette colour (edge blends,
+      JPEG colour bleeding, outlines, stray pixels) take the label of an adjacent region, the
+      one nearest in colour; the others take the nearest palette colour.
+    - ``flat_distance`` (6) / ``min_flat_fraction`` (0.5): in each map at least this fraction of
+      the pixels must lie within ``flat_distance`` of a palette colour. Measured: the dataset's
+      maps >= 0.74 even as JPEG quality 20, its photographs and paintings 0.02-0.25.
 
-    Returns ``SemanticLabels`` with ``content [Hc, Wc]``, ``style [Hs, Ws]`` (no ``-1``: every pixel
-    takes its nearest palette colour), ``palette [L, 3]`` ordered by joint area, largest first.
+    Returns ``SemanticLabels``: ``content [Hc, Wc]``, ``style [Hs, Ws]`` (every pixel labelled, no
+    ``-1``), ``palette [L, 3]`` (the painted colours, largest joint area first), ``matched [L]``.
     Raises ``ValueError`` for malformed input and for images that are not flat-colour maps.
     """
     content = _as_rgb_uint8(content_rgb, "content map")
     style = _as_rgb_uint8(style_rgb, "style map")
     if max_labels < 1:
         raise ValueError(f"max_labels must be at least 1, got {max_labels}")
-
-    maps = [content, style]
-    keys = [_pack_rgb(m).reshape(-1) for m in maps]
-    sizes = [k.size for k in keys]
-    unique_keys, inverse, joint_counts = np.unique(np.concatenate(keys), return_inverse=True,
-                                                   return_counts=True)
+    maps = {"content map": content, "style map": style}
+    shapes = [m.shape[:2] for m in maps.values()]
+    unique_keys, joint_counts, inverses = _joint_histogram([_pack_rgb(m).reshape(-1) for m in maps.values()])
     unique_rgb = _unpack_rgb(unique_keys)
-    min_pixels = [max(1, math.ceil(min_area_fraction * s)) for s in sizes]
+    min_pixels = [max(1, math.ceil(min_area_fraction * h * w)) for h, w in shapes]
 
-    # Enough spare seeds for the blend clusters of anti-aliased edges; a photograph exhausts them.
+    # Enough spare seeds for the blend clusters of anti-aliased edges; noise exhausts them.
     max_clusters = 4 * max_labels + 64
     seeds = _seed_clusters(unique_rgb, joint_counts, merge_distance, min(min_pixels), max_clusters)
-    cluster_of_colour = _nearest_colour(unique_rgb, seeds)
+    if len(seeds) >= max_clusters:
+        raise _not_a_map_error(f"found at least {len(seeds)} significant colours (max_labels={max_labels})")
+    cluster_of_colour = _nearest_colour(unique_rgb, seeds).astype(np.int32)
 
-    inverse_per_map = np.split(inverse, np.cumsum(sizes)[:-1])
+    seed_offset = unique_rgb - seeds[cluster_of_colour]
+    on_seed_colour = (seed_offset * seed_offset).sum(1) <= flat_distance * flat_distance
     area = np.zeros((2, len(seeds)), dtype=np.int64)
+    dominant = np.zeros(len(seeds), dtype=bool)
     interior = np.zeros(len(seeds), dtype=np.int64)
-    for index, (image, inv) in enumerate(zip(maps, inverse_per_map)):
-        cluster_map = cluster_of_colour[inv].reshape(image.shape[:2])
+    for index, ((height, width), inverse) in enumerate(zip(shapes, inverses)):
+        cluster_map = cluster_of_colour[inverse].reshape(height, width)
+        radius = interior_radius if interior_radius is not None else max(1, round(max(height, width) / 512))
         area[index] = np.bincount(cluster_map.reshape(-1), minlength=len(seeds))
-        interior += np.bincount(cluster_map[_interior(cluster_map)], minlength=len(seeds))
-
+        interior += np.bincount(cluster_map[_interior(cluster_map, radius)], minlength=len(seeds))
+        # A flat colour painting a tenth of a map is a region even without interior pixels
+        # (tiny maps are all edge); edge blends and outlines never come near that share.
+        flat_area = np.bincount(cluster_map.reshape(-1), weights=on_seed_colour[inverse],
+                                minlength=len(seeds))
+        dominant |= flat_area >= _DOMINANT_FRACTION * height * width
     large = (area[0] >= min_pixels[0]) | (area[1] >= min_pixels[1])
-    keep = large & (interior > 0) & (interior >= min_interior_fraction * area.sum(0))
+    keep = large & (((interior > 0) & (interior >= min_interior_fraction * area.sum(0))) | dominant)
     if not keep.any():
-        # Maps too small (or too fragmented) to have interiors: fall back on area alone.
+        # Maps too small or too fragmented to have interiors: fall back on area alone.
         keep = large if large.any() else area.sum(0) == area.sum(0).max()
-    palette = seeds[keep]
-    if len(palette) > max_labels or len(seeds) >= max_clusters:
-        found = f"at least {len(seeds)}" if len(seeds) >= max_clusters else str(len(palette))
-        raise ValueError(
-            f"this does not look like a semantic colour map: found {found} significant colours "
-            f"(max_labels={max_labels}). Use a map painted with a few flat colours (one per region, "
-            "the same colour for the same region in both maps), not a photograph; or raise max_labels.")
+    # Heavy JPEG noise spreads a flat colour past merge_distance, and the spill-over can form a
+    # second cluster inside the region: within twice merge_distance, the larger colour wins.
+    kept = np.nonzero(keep)[0]
+    kept = kept[np.argsort(-area.sum(0)[kept], kind="stable")]
+    accepted = []
+    for index in kept:
+        gap = seeds[accepted] - seeds[index]
+        if not accepted or (gap * gap).sum(1).min() >= (2 * merge_distance) ** 2:
+            accepted.append(index)
+    palette = seeds[np.sort(accepted)]
+    if len(palette) > max_labels:
+        raise _not_a_map_error(f"found {len(palette)} significant colours (max_labels={max_labels})")
 
-    # Reject photographs whose few largest colour clusters happen to have interiors.
     nearest = _nearest_colour(unique_rgb, palette)
     offset = unique_rgb - palette[nearest]
-    flat_pixels = joint_counts[(offset * offset).sum(1) <= flat_distance * flat_distance].sum()
-    flat_fraction = flat_pixels / joint_counts.sum()
-    if flat_fraction < min_flat_fraction:
-        raise ValueError(
-            f"this does not look like a semantic colour map: only {100 * flat_fraction:.0f}% of the "
-            f"pixels are close to one of the {len(palette)} significant colours found "
-            f"(need {100 * min_flat_fraction:.0f}%). Use a map painted with flat colours, not a photograph.")
+    offset_sq = (offset * offset).sum(1)
+    # Photographs: their colour clusters can have interiors, but their pixels are spread out.
+    for name, inverse in zip(maps, inverses):
+        flat_fraction = np.count_nonzero(offset_sq[inverse] <= flat_distance * flat_distance) / len(inverse)
+        if flat_fraction < min_flat_fraction:
+            raise _not_a_map_error(
+                f"in the {name} only {100 * flat_fraction:.0f}% of the pixels have one of the "
+                f"{len(palette)} main colours found (need {100 * min_flat_fraction:.0f}%)")
 
-    # Largest joint area first: label ids are stable under small edits of the maps.
-    label_maps = [nearest[inv].reshape(image.shape[:2]) for image, inv in zip(maps, inverse_per_map)]
+    label_maps = [_label_off_palette_pixels(image, nearest[inverse].reshape(image.shape[:2]),
+                                            offset_sq[inverse].reshape(image.shape[:2]), palette,
+                                            edge_distance)
+                  for image, inverse in zip(maps.values(), inverses)]
+    # Largest joint area first: label ids stay put under small edits of the maps.
     joint_area = sum(np.bincount(m.reshape(-1), minlength=len(palette)) for m in label_maps)
     order = np.argsort(-joint_area, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
-    content_labels = torch.from_numpy(rank[label_maps[0]].astype(np.int64))
-    style_labels = torch.from_numpy(rank[label_maps[1]].astype(np.int64))
-    palette_t = torch.from_numpy(palette[order].astype(np.uint8))
-    return SemanticLabels(content_labels, style_labels, palette_t,
+    content_labels = torch.from_numpy(rank[label_maps[0]])
+    style_labels = torch.from_numpy(rank[label_maps[1]])
+    return SemanticLabels(content_labels, style_labels, torch.from_numpy(palette[order].astype(np.uint8)),
                           _matched(content_labels, style_labels, len(palette)))
 
 
@@ -357,7 +521,8 @@ def labels_from_masks(content_masks, style_masks, threshold: float = 0.5) -> Sem
     style = _as_mask_stack(style_masks, "style masks")
     if content.shape[0] != style.shape[0]:
         raise ValueError(f"content and style need the same number of masks (region i of one matches "
-                         f"region i of the other): got {content.shape[0]} content and {style.shape[0]} style masks")
+                         f"region i of the other): got {content.shape[0]} content and "
+                         f"{style.shape[0]} style masks")
 
     def to_labels(stack: torch.Tensor) -> torch.Tensor:
         if stack.shape[0] == 0:
@@ -421,102 +586,138 @@ def _resample_nearest(labels: torch.Tensor, height: int, width: int) -> torch.Te
 
 def _resample_majority(labels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     source_h, source_w = labels.shape
-    # Each source pixel belongs to the target cell containing its centre; with downsampling every
-    # cell receives pixels, with upsampling some receive none and take the nearest source pixel.
-    cell_row = _centre_source_index(height, source_h)
-    cell_col = _centre_source_index(width, source_w)
-    num_values = int(labels.max()) + 2  # -1 -> bin 0
-    votes_per_row = width * num_values
-    result = _resample_nearest(labels, height, width)
-    rows_per_band = max(1, _CHUNK_ELEMENTS // votes_per_row)
+    # Each source pixel votes in the target cell that contains its centre. Downsampling fills
+    # every cell; upsampling leaves some empty, and those keep the nearest source pixel.
+    cell_row = _centre_source_index(height, source_h).numpy()
+    cell_col = _centre_source_index(width, source_w).numpy()
+    source = labels.numpy() + 1  # -1 -> vote bin 0
+    num_values = int(source.max()) + 1
+    result = _resample_nearest(labels, height, width).numpy().copy()
+    # Target rows in bands, so that the vote table stays within _CHUNK_ELEMENTS.
+    rows_per_band = max(1, _CHUNK_ELEMENTS // (width * num_values))
     for band_start in range(0, height, rows_per_band):
         band_end = min(height, band_start + rows_per_band)
-        source_rows = torch.nonzero((cell_row >= band_start) & (cell_row < band_end)).flatten()
-        if source_rows.numel() == 0:
+        source_rows = np.nonzero((cell_row >= band_start) & (cell_row < band_end))[0]
+        if len(source_rows) == 0:
             continue
-        band = labels[source_rows] + 1
         cell = (cell_row[source_rows] - band_start)[:, None] * width + cell_col[None, :]
-        votes = torch.bincount((cell * num_values + band).flatten(),
-                               minlength=(band_end - band_start) * votes_per_row)
-        votes = votes.view(band_end - band_start, width, num_values)
+        votes = np.bincount((cell * num_values + source[source_rows]).reshape(-1),
+                            minlength=(band_end - band_start) * width * num_values)
+        votes = votes.reshape(band_end - band_start, width, num_values)
         has_pixels = votes.sum(-1) > 0
-        # "No label" wins only when nothing else falls in the cell; ties -> lowest label.
-        best = votes[..., 1:].argmax(-1)
-        labelled = votes[..., 1:].amax(-1) > 0
-        choice = torch.where(labelled, best, torch.full_like(best, -1))
+        # "No label" wins only when nothing else is in the cell; ties go to the lowest label.
+        labelled_votes = votes[..., 1:]
+        choice = np.where(labelled_votes.max(-1, initial=0) > 0,
+                          labelled_votes.argmax(-1) if num_values > 1 else -1, -1)
         window = result[band_start:band_end]
         window[has_pixels] = choice[has_pixels]
-    return result
+    return torch.from_numpy(result)
 
 
-def _opencv_axis(source: int, target: int):
-    """OpenCV INTER_LINEAR taps along one axis: (index0, index1, weight0, weight1), weights x 2048."""
-    scale = source / target
-    # float32 arithmetic and clamping exactly as cv::resize computes its tables.
+def _opencv_taps(source: int, target: int, clamp_weights: bool):
+    """cv::resize INTER_LINEAR taps along one axis: ``(index0, index1, weight0, weight1)``, each
+    ``int64 [target]``, weights in 1/2048 units.
+
+    Computed exactly as OpenCV builds its tables: half-pixel centres in float32 from the double
+    ``1 / (target / source)``; each weight rounded on its own. Columns outside the image are
+    clamped with weights (1, 0); rows are not: OpenCV keeps their fractional weights and only
+    clamps the row indices, which rounds differently at the top and bottom rows.
+    """
+    scale = 1.0 / (target / source)
     position = ((np.arange(target, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     start = np.floor(position).astype(np.int64)
     frac = (position - start.astype(np.float32)).astype(np.float32)
-    low = start < 0
-    frac[low] = 0
-    start[low] = 0
-    high = start >= source - 1
-    frac[high] = 0
-    start[high] = source - 1
-    stop = np.minimum(start + 1, source - 1)
+    if clamp_weights:
+        before, after = start < 0, start >= source - 1
+        frac[before | after] = 0
+        start[before] = 0
+        start[after] = source - 1
     weight1 = np.rint(frac.astype(np.float64) * 2048).astype(np.int64)
     weight0 = np.rint((np.float32(1) - frac).astype(np.float64) * 2048).astype(np.int64)
-    return start, stop, weight0, weight1
+    return np.clip(start, 0, source - 1), np.clip(start + 1, 0, source - 1), weight0, weight1
 
 
 def opencv_resize_linear_uint8(image, height: int, width: int) -> torch.Tensor:
     """``cv2.resize(image, (width, height))`` (INTER_LINEAR) on a ``uint8 [H, W, C]`` image.
 
-    Half-pixel centres, edge clamping, no antialiasing, fixed-point weights (11 bits) and the
-    rounding of OpenCV's SIMD path (16 bytes per step; the row tail uses the scalar formula).
-    Returns ``uint8 [height, width, C]``.
+    Half-pixel centres, no antialiasing, OpenCV's fixed-point arithmetic: 11-bit weights, exact
+    integer horizontal pass, vertical pass ``((b0 * (S0 >> 4)) >> 16) + ((b1 * (S1 >> 4)) >> 16)``
+    then ``(+ 2) >> 2`` (its uint8 kernels, SIMD and scalar alike). Bit-exact with OpenCV 4.14 on
+    down- and upsampling, odd sizes included. Returns ``uint8 [height, width, C]``.
     """
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.ndim != 3 or array.dtype != np.uint8:
+    if array.ndim != 3 or array.dtype != np.uint8 or array.shape[0] < 1 or array.shape[1] < 1:
         raise ValueError(f"expected a uint8 image [H, W, C], got {array.dtype} {tuple(array.shape)}")
+    if int(height) < 1 or int(width) < 1:
+        raise ValueError(f"target size must be positive, got {height} x {width}")
     source_h, source_w, channels = array.shape
+    x0, x1, a0, a1 = _opencv_taps(source_w, width, clamp_weights=True)
+    y0, y1, b0, b1 = _opencv_taps(source_h, height, clamp_weights=False)
     src = array.astype(np.int64)
-    x0, x1, a0, a1 = _opencv_axis(source_w, width)
-    y0, y1, b0, b1 = _opencv_axis(source_h, height)
-    # Horizontal pass: exact integers (value x 2048).
     rows = src[:, x0, :] * a0[None, :, None] + src[:, x1, :] * a1[None, :, None]
-    top = rows[y0].reshape(height, width * channels)
-    bottom = rows[y1].reshape(height, width * channels)
-    beta0, beta1 = b0[:, None], b1[:, None]
-    # SIMD path: 16-bit multiply-high of (S >> 4) by beta, then a rounding shift by 2.
-    simd = (((top >> 4) * beta0) >> 16) + (((bottom >> 4) * beta1) >> 16)
-    simd = (simd + 2) >> 2
-    scalar = (top * beta0 + bottom * beta1 + (1 << 21)) >> 22
-    vector_width = (width * channels) // 16 * 16
-    out = np.concatenate([simd[:, :vector_width], scalar[:, vector_width:]], axis=1)
-    return torch.from_numpy(np.clip(out, 0, 255).astype(np.uint8).reshape(height, width, channels))
+    top = rows[y0] >> 4
+    bottom = rows[y1] >> 4
+    out = ((top * b0[:, None, None]) >> 16) + ((bottom * b1[:, None, None]) >> 16)
+    out = (out + 2) >> 2
+    return torch.from_numpy(np.clip(out, 0, 255).astype(np.uint8))
+
+
+def _as_palette(palette, what: str) -> torch.Tensor:
+    """Validated palette as ``int64 [L, 3]`` with values in 0-255."""
+    if palette is None:
+        raise ValueError(f"{what} needs the palette (uint8 [L, 3], e.g. SemanticLabels.palette): it "
+                         "paints every label with its colour and snaps the resized colours back to it")
+    if isinstance(palette, np.ndarray):
+        palette = torch.from_numpy(palette)
+    palette = torch.as_tensor(palette)
+    if palette.dim() != 2 or palette.shape[1] != 3:
+        raise ValueError(f"{what}: palette must be [L, 3] RGB, got shape {tuple(palette.shape)}")
+    if palette.is_floating_point() and palette.numel() and bool((palette != palette.round()).any()):
+        raise ValueError(f"{what}: palette colours must be integers 0-255 (uint8), got fractional values")
+    palette = palette.detach().cpu().to(torch.int64)
+    if palette.numel() and (int(palette.min()) < 0 or int(palette.max()) > 255):
+        raise ValueError(f"{what}: palette colours must lie in 0-255")
+    return palette
+
+
+def _snap_to_palette(rgb: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+    """Nearest palette colour (ties -> lowest index) of ``uint8 [h, w, 3]``: ``int64 [h, w]``."""
+    nearest = _nearest_colour(rgb.reshape(-1, 3).numpy().astype(np.int32), palette.numpy())
+    return torch.from_numpy(nearest).view(rgb.shape[0], rgb.shape[1])
+
+
+def resample_color_map_official(color_map, palette, height: int, width: int) -> torch.Tensor:
+    """The official SCSA labels of a colour map at a grid: ``int64 [height, width]``.
+
+    color_map: ``uint8 [H, W, 3]`` (the semantic map as drawn); palette: ``[L, 3]``.
+    ``cv2.resize`` INTER_LINEAR of the colours themselves, then the nearest palette colour
+    (ties -> lowest palette index, so the palette order decides exact midpoints). This is what
+    the official code computes; ``resample_labels(mode="official")`` does the same from a label
+    map, which loses only the anti-aliased edge colours.
+    """
+    palette = _as_palette(palette, "resample_color_map_official")
+    if palette.shape[0] == 0:
+        raise ValueError("resample_color_map_official: the palette is empty")
+    image = _as_rgb_uint8(color_map, "color map")
+    return _snap_to_palette(opencv_resize_linear_uint8(image, height, width), palette)
 
 
 def _resample_official(labels: torch.Tensor, height: int, width: int, palette) -> torch.Tensor:
-    if palette is None:
-        raise ValueError('resample_labels(mode="official") needs the palette (e.g. labels.palette): '
-                         "the official code resizes the colour image and snaps to palette colours")
-    palette = palette if isinstance(palette, torch.Tensor) else torch.as_tensor(np.asarray(palette))
-    if palette.dim() != 2 or palette.shape[1] != 3 or palette.shape[0] < 1:
-        raise ValueError(f"palette must be [L, 3] RGB with L >= 1, got {tuple(palette.shape)}")
-    palette = palette.detach().cpu().to(torch.int64).clamp(0, 255)
+    palette = _as_palette(palette, 'resample_labels(mode="official")')
     num_labels = palette.shape[0]
     if int(labels.max()) >= num_labels:
-        raise ValueError(f"label {int(labels.max())} has no palette colour (palette has {num_labels})")
+        raise ValueError(f"label {int(labels.max())} has no palette colour (the palette has {num_labels})")
     # Unlabelled pixels get a colour of their own, the cube corner furthest from the palette,
-    # and come back as -1 if they stay nearest to it.
+    # and come back as -1 where that colour stays nearest.
     corners = torch.tensor([[r, g, b] for r in (0, 255) for g in (0, 255) for b in (0, 255)])
-    spare = corners[torch.cdist(corners.double(), palette.double()).min(1).values.argmax()]
+    if num_labels:
+        spare = corners[torch.cdist(corners.double(), palette.double()).min(1).values.argmax()]
+    else:
+        spare = corners[0]
     colours = torch.cat([palette, spare[None]])
     painted = colours[torch.where(labels >= 0, labels, torch.full_like(labels, num_labels))]
-    resized = opencv_resize_linear_uint8(painted.to(torch.uint8), height, width)
-    nearest = _nearest_colour(resized.reshape(-1, 3).numpy(), colours.numpy())
-    nearest[nearest == num_labels] = -1
-    return torch.from_numpy(nearest).view(height, width)
+    snapped = _snap_to_palette(opencv_resize_linear_uint8(painted.to(torch.uint8), height, width), colours)
+    return torch.where(snapped == num_labels, torch.full_like(snapped, -1), snapped)
 
 
 def resample_labels(labels, height: int, width: int, mode: str = "majority",
@@ -530,7 +731,8 @@ def resample_labels(labels, height: int, width: int, mode: str = "majority",
     - ``"nearest"``: the source pixel under each target pixel centre.
     - ``"official"``: the official SCSA code. Paint each pixel with ``palette[label]``, resize that
       colour image as ``cv2.resize`` INTER_LINEAR does on uint8, snap to the nearest palette
-      colour. Needs ``palette`` (``uint8 [L, 3]``).
+      colour. Needs ``palette`` (``uint8 [L, 3]``). Like the official code, a cell midway
+      between two regions can snap to a third colour that is nearer to the blend.
     """
     if mode not in RESAMPLE_MODES:
         raise ValueError(f"unknown resampling mode {mode!r}; choose one of {', '.join(RESAMPLE_MODES)}")
@@ -550,38 +752,43 @@ def resample_labels(labels, height: int, width: int, mode: str = "majority",
 # --------------------------------------------------------------------------------------------
 # Preview
 # --------------------------------------------------------------------------------------------
-_UNLABELLED_COLOURS = ((128, 128, 128), (255, 0, 255))
+_UNLABELLED_HATCH = ((128, 128, 128), (255, 0, 255))  # grey / magenta stripes
+_UNMATCHED_STRIPE = (32, 32, 32)
 
 
 def label_preview(label_map, palette, matched=None, scale: int = 1, stripe: int = 4) -> torch.Tensor:
     """RGB preview ``uint8 [H * scale, W * scale, 3]`` of a label map ``[H, W]``.
 
-    Labels take their palette colour. Unlabelled pixels (``-1``) are hatched grey/magenta;
-    labels with ``matched[i] == False`` (no counterpart in the other map) keep their colour with
-    dark diagonal hatching, so the user sees which regions will fall back. ``scale`` enlarges
-    coarse grids (nearest) so a 32 x 32 map stays readable.
+    palette: ``[L, 3]``; matched: optional ``bool [L]``. Labels take their palette colour.
+    Unlabelled pixels (``-1``) are hatched grey/magenta; labels with ``matched[i] == False``
+    (no counterpart in the other map, so they fall back to unmasked attention) keep their
+    colour crossed by thin dark diagonals. ``scale`` enlarges coarse grids (nearest neighbour)
+    so that a 32 x 32 token grid stays readable; ``stripe`` is the hatch width in output pixels.
     """
     labels = _as_label_map(label_map)
-    palette = palette if isinstance(palette, torch.Tensor) else torch.as_tensor(np.asarray(palette))
-    palette = palette.detach().cpu().to(torch.uint8).reshape(-1, 3)
+    palette = _as_palette(palette, "label_preview").to(torch.uint8)
     if int(labels.max()) >= palette.shape[0]:
-        raise ValueError(f"label {int(labels.max())} has no palette colour (palette has {palette.shape[0]})")
-    if scale < 1 or stripe < 1:
-        raise ValueError("scale and stripe must be >= 1")
+        raise ValueError(f"label {int(labels.max())} has no palette colour "
+                         f"(the palette has {palette.shape[0]})")
+    if int(labels.min()) < -1:
+        raise ValueError(f"labels must be >= -1 (-1 = no label), found {int(labels.min())}")
+    if int(scale) != scale or int(stripe) != stripe or scale < 1 or stripe < 1:
+        raise ValueError(f"scale and stripe must be positive integers, got {scale} and {stripe}")
+    scale, stripe = int(scale), int(stripe)
     if scale > 1:
         labels = labels.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     height, width = labels.shape
-    diagonal = (torch.arange(height)[:, None] + torch.arange(width)[None, :]) // stripe % 2 == 0
-    image = palette[labels.clamp_min(0)].clone()
-    grey, magenta = (torch.tensor(c, dtype=torch.uint8) for c in _UNLABELLED_COLOURS)
+    diagonal = torch.arange(height)[:, None] + torch.arange(width)[None, :]
+    grey, magenta = (torch.tensor(c, dtype=torch.uint8) for c in _UNLABELLED_HATCH)
+    image = torch.cat([grey[None], palette])[labels + 1]
     unlabelled = labels < 0
-    image[unlabelled & diagonal] = grey
-    image[unlabelled & ~diagonal] = magenta
+    image[unlabelled & (diagonal // stripe % 2 == 1)] = magenta
     if matched is not None:
-        matched = torch.as_tensor(matched, dtype=torch.bool).flatten()
+        matched = torch.as_tensor(np.asarray(matched) if not isinstance(matched, torch.Tensor) else matched)
+        matched = matched.to(torch.bool).flatten()
         if matched.shape[0] != palette.shape[0]:
-            raise ValueError("matched needs one flag per palette colour")
-        lonely = ~matched[labels.clamp_min(0)] & ~unlabelled
-        dark = lonely & ((torch.arange(height)[:, None] + torch.arange(width)[None, :]) % (2 * stripe) == 0)
-        image[dark] = torch.tensor((40, 40, 40), dtype=torch.uint8)
+            raise ValueError(f"matched needs one flag per palette colour: {matched.shape[0]} flags, "
+                             f"{palette.shape[0]} colours")
+        lonely = ~torch.cat([torch.ones(1, dtype=torch.bool), matched])[labels + 1]
+        image[lonely & (diagonal % (2 * stripe) == 0)] = torch.tensor(_UNMATCHED_STRIPE, dtype=torch.uint8)
     return image
