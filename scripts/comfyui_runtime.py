@@ -1,0 +1,376 @@
+#!/usr/bin/env python3
+"""Where ComfyUI is, and a headless ComfyUI server for tests.
+
+This is the ONE place that resolves the ComfyUI checkout used by the tests and by the README's
+commands:
+
+  1. the environment variable ``COMFYUI_PATH`` (a user's own ComfyUI), else
+  2. ``<repo>/.cache/comfyui`` as unpacked by ``bash scripts/setup.sh``.
+
+Importable::
+
+    from scripts.comfyui_runtime import comfyui_path, ComfyServer
+    path = comfyui_path()          # pathlib.Path, or raises ComfyUINotFound
+
+Runnable::
+
+    python scripts/comfyui_runtime.py          # prints the path; exit 1 with the fix if absent
+    python scripts/comfyui_runtime.py --serve --models DIR [--port N]   # run a server until Ctrl-C
+
+Only the standard library is used here, so it runs with any python3.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHED_COMFYUI = REPO_ROOT / ".cache" / "comfyui"
+ENV_VAR = "COMFYUI_PATH"
+REQUIRED_ENTRIES = ("main.py", "comfy", "comfy_api")
+# Name under which the pack is linked into the server's custom_nodes folder (= the registry
+# node id in pyproject.toml).
+PACK_NAME = "scsa-style-transfer"
+SETUP_HINT = "run `bash scripts/setup.sh` (or set COMFYUI_PATH to your ComfyUI checkout)"
+
+
+class ComfyUINotFound(RuntimeError):
+    """No usable ComfyUI checkout: the message says why and how to fix it."""
+
+
+def missing_entries(path: Path) -> list[str]:
+    return [e for e in REQUIRED_ENTRIES if not (path / e).exists()]
+
+
+def comfyui_path() -> Path:
+    """The ComfyUI checkout to use (absolute). Raises ComfyUINotFound with the fix."""
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        p = Path(env).expanduser().resolve()
+        if not p.is_dir():
+            raise ComfyUINotFound(f"{ENV_VAR}={env} does not exist; point it at the folder holding "
+                                  f"ComfyUI's main.py, or unset it and {SETUP_HINT}.")
+        miss = missing_entries(p)
+        if miss:
+            raise ComfyUINotFound(f"{ENV_VAR}={env} is not a ComfyUI checkout (missing "
+                                  f"{', '.join(miss)}); point it at the folder holding main.py.")
+        return p
+    p = CACHED_COMFYUI
+    if not p.is_dir():
+        raise ComfyUINotFound(f"ComfyUI not found: {ENV_VAR} is unset and {p} does not exist; "
+                              f"{SETUP_HINT}.")
+    miss = missing_entries(p)
+    if miss:
+        raise ComfyUINotFound(f"{p} is incomplete (missing {', '.join(miss)}); delete it and "
+                              f"{SETUP_HINT}.")
+    return p
+
+
+def comfyui_version(path: Path | None = None) -> str:
+    """ComfyUI's version string, read from comfyui_version.py (or pyproject.toml) without importing."""
+    path = Path(path) if path else comfyui_path()
+    for name, key in (("comfyui_version.py", "__version__"), ("pyproject.toml", "version")):
+        f = path / name
+        if f.is_file():
+            for line in f.read_text(encoding="utf-8").splitlines():
+                s = line.strip()
+                if s.startswith(key) and "=" in s:
+                    return s.split("=", 1)[1].strip().strip("\"'")
+    return "0.0.0"
+
+
+def version_tuple(v: str) -> tuple[int, ...]:
+    out = []
+    for part in v.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM it when the parent dies (a killed test run must not
+    leave a server behind). A no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except Exception:
+        pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def write_extra_model_paths(yaml_path: Path, custom_nodes_dir: Path,
+                            models_dir: Path | None) -> Path:
+    """Write an extra_model_paths.yaml that ComfyUI's utils/extra_config.py reads.
+
+    Format (load_extra_path_config): top-level sections; in each, ``base_path`` (optional) and
+    ``folder_name: path`` pairs, several paths separated by newlines; relative paths resolve
+    against the yaml's folder. Absolute paths are written here, so no base_path.
+    """
+    lines = ["scsa_tests:", f"    custom_nodes: {json.dumps(str(custom_nodes_dir))}"]
+    if models_dir is not None:
+        models_dir = Path(models_dir).resolve()
+        # checkpoints/vae live directly in the given folder, or in the usual sub-folders.
+        for folder in ("checkpoints", "vae"):
+            paths = [str(models_dir)]
+            if (models_dir / folder).is_dir():
+                paths.insert(0, str(models_dir / folder))
+            lines.append(f"    {folder}: {json.dumps(chr(10).join(paths))}")
+    yaml_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return yaml_path
+
+
+class ComfyServer:
+    """A headless ComfyUI (``main.py --cpu``) in a subprocess, with this pack as its only custom node.
+
+    Layout of the private temp dir: ``custom_nodes/scsa-style-transfer`` (a SYMLINK to the repo;
+    the repo's parent is never listed, so sibling folders are not loaded), ``extra_model_paths.yaml``
+    (custom_nodes + checkpoints/vae -> ``models_dir``), ``input/``, ``output/``, ``temp/``, ``user/``
+    and ``server.log``. The database is in memory, so nothing is written into the ComfyUI checkout.
+
+        with ComfyServer(models_dir=d) as srv:
+            srv.get_json("/object_info")
+    """
+
+    def __init__(self, models_dir: str | os.PathLike | None = None, port: int | None = None,
+                 comfy_dir: str | os.PathLike | None = None, python: str | None = None,
+                 extra_args: list[str] | tuple[str, ...] = (), startup_timeout: float = 300.0,
+                 workdir: str | os.PathLike | None = None, pack_dir: str | os.PathLike | None = None):
+        self.comfy_dir = Path(comfy_dir).resolve() if comfy_dir else comfyui_path()
+        self.models_dir = Path(models_dir).resolve() if models_dir else None
+        self.port = port or free_port()
+        self.python = python or sys.executable
+        self.extra_args = list(extra_args)
+        self.startup_timeout = startup_timeout
+        self.pack_dir = Path(pack_dir).resolve() if pack_dir else REPO_ROOT
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="scsa-comfy-server-"))
+        self.proc: subprocess.Popen | None = None
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.workdir / "server.log"
+        self._log_file = None
+
+    # -- layout ------------------------------------------------------------------------------
+    def _prepare(self) -> list[str]:
+        w = self.workdir
+        cn = w / "custom_nodes"
+        cn.mkdir(parents=True, exist_ok=True)
+        link = cn / PACK_NAME
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(self.pack_dir, target_is_directory=True)
+        for d in ("input", "output", "temp", "user"):
+            (w / d).mkdir(exist_ok=True)
+        yaml_path = write_extra_model_paths(w / "extra_model_paths.yaml", cn, self.models_dir)
+        return [
+            self.python, "main.py", "--cpu",
+            "--listen", "127.0.0.1", "--port", str(self.port),
+            "--disable-auto-launch",
+            "--extra-model-paths-config", str(yaml_path),
+            "--input-directory", str(w / "input"),
+            "--output-directory", str(w / "output"),
+            "--temp-directory", str(w / "temp"),
+            "--user-directory", str(w / "user"),
+            "--database-url", "sqlite:///:memory:",
+            # Only our pack: ComfyUI's own custom_nodes/ (or a user's) stays unloaded.
+            "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME,
+            "--disable-api-nodes",
+            *self.extra_args,
+        ]
+
+    # -- life cycle --------------------------------------------------------------------------
+    def start(self) -> "ComfyServer":
+        cmd = self._prepare()
+        env = dict(os.environ)
+        # Like a real install: the repo is NOT on sys.path, the pack is imported as a custom node.
+        env.pop("PYTHONPATH", None)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        env.setdefault("DO_NOT_TRACK", "1")
+        self._log_file = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=str(self.comfy_dir), env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=_die_with_parent)
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        last_err: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with code {self.proc.returncode} during start-up; "
+                                   f"log {self.log_path}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/object_info", timeout=10) as r:
+                    if r.status == 200:
+                        json.loads(r.read())
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError, ValueError) as e:
+                last_err = e
+            time.sleep(0.5)
+        raise TimeoutError(f"ComfyUI did not answer /object_info within {self.startup_timeout:.0f} s "
+                           f"({last_err}); log {self.log_path}:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGINT (ComfyUI's clean shutdown), then SIGTERM, then SIGKILL, to this server only."""
+        rc = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+                    try:
+                        self.proc.send_signal(sig)
+                    except ProcessLookupError:
+                        break
+                    try:
+                        self.proc.wait(wait)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+            rc = self.proc.returncode
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return rc
+
+    def cleanup(self) -> None:
+        """Stop and remove the temp dir (when this object created it)."""
+        self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "ComfyServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    # -- helpers -----------------------------------------------------------------------------
+    @property
+    def input_dir(self) -> Path:
+        return self.workdir / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.workdir / "output"
+
+    def log_tail(self, n_chars: int = 6000) -> str:
+        try:
+            if self._log_file is not None:
+                self._log_file.flush()
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-n_chars:]
+        except OSError:
+            return "<no log>"
+
+    def get_json(self, path: str, timeout: float = 60.0):
+        with urllib.request.urlopen(self.base_url + path, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def post_json(self, path: str, body, timeout: float = 60.0):
+        """POST JSON; returns (status, parsed body). HTTP errors are returned, not raised."""
+        req = urllib.request.Request(self.base_url + path, data=json.dumps(body).encode("utf-8"),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            data = e.read()
+            try:
+                return e.code, json.loads(data)
+            except ValueError:
+                return e.code, data.decode("utf-8", "replace")
+
+    def queue_prompt(self, prompt: dict, client_id: str = "scsa-tests") -> str:
+        """POST /prompt; returns the prompt_id or raises with ComfyUI's node_errors."""
+        status, body = self.post_json("/prompt", {"prompt": prompt, "client_id": client_id})
+        if status != 200:
+            raise RuntimeError(f"/prompt refused (HTTP {status}): {json.dumps(body, indent=1)[:4000]}")
+        return body["prompt_id"]
+
+    def wait_history(self, prompt_id: str, timeout: float = 600.0) -> dict:
+        """Poll /history/<id> until the prompt finished; returns its history entry.
+        Raises if it failed (with ComfyUI's error messages) or timed out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            h = self.get_json(f"/history/{prompt_id}")
+            if prompt_id in h:
+                entry = h[prompt_id]
+                st = entry.get("status", {})
+                if st.get("completed") or st.get("status_str") in ("success", "error"):
+                    if st.get("status_str") != "success":
+                        raise RuntimeError(f"prompt {prompt_id} failed: "
+                                           f"{json.dumps(st.get('messages'), indent=1)[:6000]}")
+                    return entry
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI died while running {prompt_id}:\n{self.log_tail()}")
+            time.sleep(0.25)
+        raise TimeoutError(f"prompt {prompt_id} not finished after {timeout:.0f} s\n{self.log_tail()}")
+
+    def run_prompt(self, prompt: dict, timeout: float = 600.0) -> dict:
+        """Queue a prompt, wait, return its outputs ({node_id: ui dict})."""
+        return self.wait_history(self.queue_prompt(prompt), timeout)["outputs"]
+
+
+def start_server(models_dir=None, **kw) -> ComfyServer:
+    """Start a headless server (see ComfyServer); call .cleanup() (or use ``with``) to stop it."""
+    return ComfyServer(models_dir=models_dir, **kw).start()
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(description="Print the ComfyUI path used by this repo's tests, "
+                                 "or run a headless ComfyUI with this pack loaded.")
+    ap.add_argument("--version", action="store_true", help="also print ComfyUI's version")
+    ap.add_argument("--serve", action="store_true", help="run a headless server until Ctrl-C")
+    ap.add_argument("--models", default=None, help="folder with checkpoints / vae (for --serve)")
+    ap.add_argument("--port", type=int, default=None)
+    a = ap.parse_args(argv)
+    try:
+        p = comfyui_path()
+    except ComfyUINotFound as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not a.serve:
+        print(p)
+        if a.version:
+            print(comfyui_version(p))
+        return 0
+    srv = ComfyServer(models_dir=a.models, port=a.port, comfy_dir=p)
+    print(f"starting ComfyUI {comfyui_version(p)} from {p} (log {srv.log_path})", flush=True)
+    srv.start()
+    print(f"ComfyUI listening on {srv.base_url}; Ctrl-C to stop", flush=True)
+    try:
+        while srv.proc.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

