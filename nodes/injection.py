@@ -27,7 +27,7 @@ from ..scsa_core.attention import pair_labels, styleid_attention
 from ..scsa_core.block import (BlockLayers, SCSAParams, ReferenceTerms, fuse, project_references,
                                reference_terms, ssa_output)
 from ..scsa_core.features import FeatureBank
-from ..scsa_core.labels import SemanticLabels, resample_labels
+from ..scsa_core.labels import SemanticLabels
 
 RUN_KEY = "scsa_run"
 _STASH_KEY = "scsa_attn1_output"
@@ -124,12 +124,10 @@ class ApplySettings:
 def grid_labels(semantics: SemanticLabels, params: SCSAParams, height: int, width: int):
     """Content and style label maps at an ``height x width`` grid, resampled as the preset says.
 
-    ``official`` resizes the colour image bilinearly and snaps to the palette (the official
+    ``official`` resizes the colour maps bilinearly and snaps to the palette (the official
     code's downsampling); ``default`` takes the majority label of each cell.
     """
-    mode = "official" if params.preset == "official" else "majority"
-    return (resample_labels(semantics.content, height, width, mode, semantics.palette),
-            resample_labels(semantics.style, height, width, mode, semantics.palette))
+    return semantics.labels_at(height, width, "official" if params.preset == "official" else "majority")
 
 
 @dataclass

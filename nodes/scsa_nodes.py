@@ -135,6 +135,25 @@ class SCSALoadSemanticMap(io.ComfyNode):
         return True
 
 
+_HEX_COLOUR = re.compile(r"^#?([0-9a-fA-F]{6})$")
+
+
+def parse_palette(text: str) -> list[list[int]] | None:
+    """``"#00e600, #e6e600"`` -> ``[[0, 230, 0], [230, 230, 0]]``; empty -> None (detect)."""
+    items = [item.strip() for item in re.split(r"[,;\s]+", text or "") if item.strip()]
+    if not items:
+        return None
+    colours = []
+    for item in items:
+        match = _HEX_COLOUR.match(item)
+        if not match:
+            raise ValueError(f'palette: cannot read "{item}". Write colours as hex, e.g. "#00e600, #e6e600", '
+                             "or leave it empty to detect them.")
+        value = int(match.group(1), 16)
+        colours.append([value >> 16, (value >> 8) & 255, value & 255])
+    return colours
+
+
 class SCSASemanticPair(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -153,6 +172,10 @@ class SCSASemanticPair(io.ComfyNode):
                 io.Float.Input("merge_distance", default=24.0, min=1.0, max=128.0, step=1.0, optional=True,
                                tooltip="Colours closer than this (RGB, 0-255) are one region. Raise it "
                                        "for noisy maps, lower it if two similar colours are merged."),
+                io.String.Input("palette", default="", optional=True,
+                                tooltip="Optional: the region colours to use instead of detecting them, "
+                                        "e.g. '#00e600, #e6e600'. Their order breaks exact ties of the "
+                                        "official preset's resampling. Leave empty to detect."),
             ],
             outputs=[Semantics.Output("semantics"),
                      io.Image.Output("preview", tooltip="Content map (left) and style map (right); "
@@ -160,11 +183,12 @@ class SCSASemanticPair(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, content_map, style_map, max_labels=64, min_region=0.02, merge_distance=24.0):
+    def execute(cls, content_map, style_map, max_labels=64, min_region=0.02, merge_distance=24.0,
+                palette=""):
         semantics = labels_from_color_maps(_image_to_rgb(content_map, "content_map"),
                                            _image_to_rgb(style_map, "style_map"),
                                            max_labels=max_labels, min_area_fraction=min_region / 100.0,
-                                           merge_distance=merge_distance)
+                                           merge_distance=merge_distance, palette=parse_palette(palette))
         preview = pair_preview(semantics)
         return io.NodeOutput(semantics, preview, ui=ui.PreviewImage(preview, cls=cls))
 

@@ -65,12 +65,16 @@ class SemanticLabels:
     style: ``int64 [Hs, Ws]``, same convention; the two sizes may differ.
     palette: ``uint8 [L, 3]`` RGB, label ``i`` is drawn with ``palette[i]``.
     matched: ``bool [L]``, label occurs in both maps.
+    content_colors, style_colors: ``uint8 [H, W, 3]`` the colour maps as drawn, when the labels
+    came from colour maps (None from masks): the official resampling resizes colours, not labels.
     """
 
     content: torch.Tensor
     style: torch.Tensor
     palette: torch.Tensor
     matched: torch.Tensor
+    content_colors: torch.Tensor | None = None
+    style_colors: torch.Tensor | None = None
 
     def __post_init__(self):
         palette, matched = self.palette, self.matched
@@ -87,6 +91,18 @@ class SemanticLabels:
             values = value.detach().cpu().numpy()
             if values.size and (values.min() < -1 or values.max() >= palette.shape[0]):
                 raise ValueError(f"SemanticLabels.{name} values must lie in [-1, {palette.shape[0]})")
+
+    def labels_at(self, height: int, width: int, mode: str = "majority"):
+        """Content and style label maps ``int64 [height, width]`` at one token grid.
+
+        ``mode="official"`` resizes the colour maps themselves when they are known (exactly the
+        official code's labels), otherwise the palette-painted label maps.
+        """
+        if mode == "official" and self.content_colors is not None and self.style_colors is not None:
+            return (resample_color_map_official(self.content_colors, self.palette, height, width),
+                    resample_color_map_official(self.style_colors, self.palette, height, width))
+        return (resample_labels(self.content, height, width, mode=mode, palette=self.palette),
+                resample_labels(self.style, height, width, mode=mode, palette=self.palette))
 
     @property
     def num_labels(self) -> int:
@@ -369,7 +385,7 @@ def labels_from_color_maps(content_rgb, style_rgb, *, max_labels: int = 64,
                            min_area_fraction: float = 2e-4, merge_distance: float = 24.0,
                            min_interior_fraction: float = 0.05, interior_radius: int | None = None,
                            edge_distance: float = 24.0, flat_distance: float = 6.0,
-                           min_flat_fraction: float = 0.5) -> SemanticLabels:
+                           min_flat_fraction: float = 0.5, palette=None) -> SemanticLabels:
     """Find the shared palette of two colour-coded semantic maps and label every pixel.
 
     content_rgb, style_rgb: ``uint8 [H, W, 3]`` RGB (numpy or torch); the sizes may differ.
@@ -395,6 +411,10 @@ def labels_from_color_maps(content_rgb, style_rgb, *, max_labels: int = 64,
       the pixels must lie within ``flat_distance`` of a palette colour. Measured: the dataset's
       maps >= 0.74 even as JPEG quality 20, its photographs and paintings 0.02-0.25.
 
+    ``palette``: optional ``[L, 3]`` RGB colours to use instead of detecting them, kept in the
+    given order (label ``i`` = ``palette[i]``; with the official resampling, a cell exactly midway
+    between two colours takes the earlier one, as in the official code).
+
     Returns ``SemanticLabels``: ``content [Hc, Wc]``, ``style [Hs, Ws]`` (every pixel labelled, no
     ``-1``), ``palette [L, 3]`` (the painted colours, largest joint area first), ``matched [L]``.
     Raises ``ValueError`` for malformed input and for images that are not flat-colour maps.
@@ -409,45 +429,51 @@ def labels_from_color_maps(content_rgb, style_rgb, *, max_labels: int = 64,
     unique_rgb = _unpack_rgb(unique_keys)
     min_pixels = [max(1, math.ceil(min_area_fraction * h * w)) for h, w in shapes]
 
-    # Enough spare seeds for the blend clusters of anti-aliased edges; noise exhausts them.
-    max_clusters = 4 * max_labels + 64
-    seeds = _seed_clusters(unique_rgb, joint_counts, merge_distance, min(min_pixels), max_clusters)
-    if len(seeds) >= max_clusters:
-        raise _not_a_map_error(f"found at least {len(seeds)} significant colours (max_labels={max_labels})")
-    cluster_of_colour = _nearest_colour(unique_rgb, seeds).astype(np.int32)
+    given_palette = palette is not None
+    if given_palette:
+        palette = _as_palette(palette, "labels_from_color_maps").numpy().astype(unique_rgb.dtype)
+        if not 1 <= len(palette) <= max_labels:
+            raise ValueError(f"palette: give between 1 and {max_labels} colours, got {len(palette)}")
+    else:
+        # Enough spare seeds for the blend clusters of anti-aliased edges; noise exhausts them.
+        max_clusters = 4 * max_labels + 64
+        seeds = _seed_clusters(unique_rgb, joint_counts, merge_distance, min(min_pixels), max_clusters)
+        if len(seeds) >= max_clusters:
+            raise _not_a_map_error(f"found at least {len(seeds)} significant colours (max_labels={max_labels})")
+        cluster_of_colour = _nearest_colour(unique_rgb, seeds).astype(np.int32)
 
-    seed_offset = unique_rgb - seeds[cluster_of_colour]
-    on_seed_colour = (seed_offset * seed_offset).sum(1) <= flat_distance * flat_distance
-    area = np.zeros((2, len(seeds)), dtype=np.int64)
-    dominant = np.zeros(len(seeds), dtype=bool)
-    interior = np.zeros(len(seeds), dtype=np.int64)
-    for index, ((height, width), inverse) in enumerate(zip(shapes, inverses)):
-        cluster_map = cluster_of_colour[inverse].reshape(height, width)
-        radius = interior_radius if interior_radius is not None else max(1, round(max(height, width) / 512))
-        area[index] = np.bincount(cluster_map.reshape(-1), minlength=len(seeds))
-        interior += np.bincount(cluster_map[_interior(cluster_map, radius)], minlength=len(seeds))
-        # A flat colour painting a tenth of a map is a region even without interior pixels
-        # (tiny maps are all edge); edge blends and outlines never come near that share.
-        flat_area = np.bincount(cluster_map.reshape(-1), weights=on_seed_colour[inverse],
-                                minlength=len(seeds))
-        dominant |= flat_area >= _DOMINANT_FRACTION * height * width
-    large = (area[0] >= min_pixels[0]) | (area[1] >= min_pixels[1])
-    keep = large & (((interior > 0) & (interior >= min_interior_fraction * area.sum(0))) | dominant)
-    if not keep.any():
-        # Maps too small or too fragmented to have interiors: fall back on area alone.
-        keep = large if large.any() else area.sum(0) == area.sum(0).max()
-    # Heavy JPEG noise spreads a flat colour past merge_distance, and the spill-over can form a
-    # second cluster inside the region: within twice merge_distance, the larger colour wins.
-    kept = np.nonzero(keep)[0]
-    kept = kept[np.argsort(-area.sum(0)[kept], kind="stable")]
-    accepted = []
-    for index in kept:
-        gap = seeds[accepted] - seeds[index]
-        if not accepted or (gap * gap).sum(1).min() >= (2 * merge_distance) ** 2:
-            accepted.append(index)
-    palette = seeds[np.sort(accepted)]
-    if len(palette) > max_labels:
-        raise _not_a_map_error(f"found {len(palette)} significant colours (max_labels={max_labels})")
+        seed_offset = unique_rgb - seeds[cluster_of_colour]
+        on_seed_colour = (seed_offset * seed_offset).sum(1) <= flat_distance * flat_distance
+        area = np.zeros((2, len(seeds)), dtype=np.int64)
+        dominant = np.zeros(len(seeds), dtype=bool)
+        interior = np.zeros(len(seeds), dtype=np.int64)
+        for index, ((height, width), inverse) in enumerate(zip(shapes, inverses)):
+            cluster_map = cluster_of_colour[inverse].reshape(height, width)
+            radius = interior_radius if interior_radius is not None else max(1, round(max(height, width) / 512))
+            area[index] = np.bincount(cluster_map.reshape(-1), minlength=len(seeds))
+            interior += np.bincount(cluster_map[_interior(cluster_map, radius)], minlength=len(seeds))
+            # A flat colour painting a tenth of a map is a region even without interior pixels
+            # (tiny maps are all edge); edge blends and outlines never come near that share.
+            flat_area = np.bincount(cluster_map.reshape(-1), weights=on_seed_colour[inverse],
+                                    minlength=len(seeds))
+            dominant |= flat_area >= _DOMINANT_FRACTION * height * width
+        large = (area[0] >= min_pixels[0]) | (area[1] >= min_pixels[1])
+        keep = large & (((interior > 0) & (interior >= min_interior_fraction * area.sum(0))) | dominant)
+        if not keep.any():
+            # Maps too small or too fragmented to have interiors: fall back on area alone.
+            keep = large if large.any() else area.sum(0) == area.sum(0).max()
+        # Heavy JPEG noise spreads a flat colour past merge_distance, and the spill-over can form a
+        # second cluster inside the region: within twice merge_distance, the larger colour wins.
+        kept = np.nonzero(keep)[0]
+        kept = kept[np.argsort(-area.sum(0)[kept], kind="stable")]
+        accepted = []
+        for index in kept:
+            gap = seeds[accepted] - seeds[index]
+            if not accepted or (gap * gap).sum(1).min() >= (2 * merge_distance) ** 2:
+                accepted.append(index)
+        palette = seeds[np.sort(accepted)]
+        if len(palette) > max_labels:
+            raise _not_a_map_error(f"found {len(palette)} significant colours (max_labels={max_labels})")
 
     nearest = _nearest_colour(unique_rgb, palette)
     offset = unique_rgb - palette[nearest]
@@ -466,13 +492,15 @@ def labels_from_color_maps(content_rgb, style_rgb, *, max_labels: int = 64,
                   for image, inverse in zip(maps.values(), inverses)]
     # Largest joint area first: label ids stay put under small edits of the maps.
     joint_area = sum(np.bincount(m.reshape(-1), minlength=len(palette)) for m in label_maps)
-    order = np.argsort(-joint_area, kind="stable")
+    order = np.arange(len(palette)) if given_palette else np.argsort(-joint_area, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     content_labels = torch.from_numpy(rank[label_maps[0]])
     style_labels = torch.from_numpy(rank[label_maps[1]])
     return SemanticLabels(content_labels, style_labels, torch.from_numpy(palette[order].astype(np.uint8)),
-                          _matched(content_labels, style_labels, len(palette)))
+                          _matched(content_labels, style_labels, len(palette)),
+                          content_colors=torch.from_numpy(np.array(content)),
+                          style_colors=torch.from_numpy(np.array(style)))
 
 
 # --------------------------------------------------------------------------------------------

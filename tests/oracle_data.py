@@ -55,3 +55,25 @@ def oracle_unet_weights(prefix: str) -> dict[str, torch.Tensor]:
     if not weights:
         raise KeyError(f"no oracle UNet weights under {full_prefix}")
     return weights
+
+
+def official_palette_order(pair_dir: Path) -> list[list[int]]:
+    """The official code's hand-written palette of a pair, in its order, from the reference masks.
+
+    Label id ``i`` of ``masks.safetensors`` is the official palette's colour ``i``: the most
+    common colour of the 512 px content map inside the 8 x 8 cells labelled ``i`` at 64 x 64.
+    Its order decides the official resampling's exact midpoint ties.
+    """
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    colours = np.asarray(Image.open(pair_dir / "input_cnt_sem_512.png").convert("RGB"))
+    labels = load_file(str(pair_dir / "masks.safetensors"))["content_labels_64"].long().numpy()
+    cell = colours.shape[0] // labels.shape[0]
+    per_pixel = np.repeat(np.repeat(labels, cell, axis=0), cell, axis=1)
+    palette = []
+    for label in range(int(labels.max()) + 1):
+        values, counts = np.unique(colours[per_pixel == label], axis=0, return_counts=True)
+        palette.append(values[counts.argmax()].tolist())
+    return palette

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from safetensors.torch import load_file
 
 import scsa_core.labels as labels_module
-from oracle_data import oracle_dir, sem_pairs_dir
+from oracle_data import official_palette_order, oracle_dir, sem_pairs_dir
 from scsa_core.labels import (SemanticLabels, distinct_palette, label_preview, labels_from_color_maps,
                               labels_from_masks, opencv_resize_linear_uint8, resample_color_map_official,
                               resample_labels, token_grid_size)
@@ -669,3 +670,29 @@ def test_fuzz_masks(count, height, width, seed, threshold):
         assert np.array_equal(labelled, best >= threshold)
         assert np.array_equal(np.take_along_axis(content, np.maximum(chosen, 0)[None], 0)[0][labelled],
                               best[labelled])
+
+
+@pytest.mark.parametrize("pair", ["1", "29"])
+def test_given_palette_reproduces_official_masks_exactly(pair):
+    """With the official palette order, ``labels_at(mode="official")`` equals the reference masks."""
+    folder = oracle_dir() / pair
+    if not (folder / "masks.safetensors").is_file():
+        pytest.skip(f"no oracle masks at {folder} (set SCSA_ORACLE_DIR)")
+    content = np.asarray(Image.open(folder / "input_cnt_sem_512.png").convert("RGB"))
+    style = np.asarray(Image.open(folder / "input_sty_sem_512.png").convert("RGB"))
+    order = official_palette_order(folder)
+    labels = labels_from_color_maps(content, style, palette=order)
+    assert labels.palette.tolist() == order
+    reference = load_file(str(folder / "masks.safetensors"))
+    for grid in (32, 64):
+        content_grid, style_grid = labels.labels_at(grid, grid, "official")
+        assert torch.equal(content_grid, reference[f"content_labels_{grid}"].long())
+        assert torch.equal(style_grid, reference[f"style_labels_{grid}"].long())
+
+
+def test_given_palette_is_validated():
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="palette"):
+        labels_from_color_maps(image, image, palette=[[0, 0]])
+    with pytest.raises(ValueError, match="between 1 and"):
+        labels_from_color_maps(image, image, palette=[[i, 0, 0] for i in range(70)])
