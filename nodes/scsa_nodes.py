@@ -36,6 +36,7 @@ from ..scsa_core.schedules import (TIMESTEP_MODES, ddim_invert, ddim_sample, inv
 from .injection import (ApplySettings, AttentionPatch, InjectRun, RecordRun, StyleIDParams,
                         attention_blocks, find_patch, grid_labels, remove_patches)
 from .sampling import alphas_cumprod, run_ddim
+from .validation import check_conditioning, inversion_batches, log_map_sizes, map_file_error
 
 CATEGORY = "SCSA"
 Semantics = io.Custom("SCSA_SEMANTICS")
@@ -48,12 +49,19 @@ INIT_MODES = ("auto", "semantic AdaIN", "AdaIN", "none")
 class SCSAInversion:
     """What SCSAInvert hands to SCSAStyleSampler (read-only once built)."""
     bank: FeatureBank
-    trajectory: dict          # t -> [S, C, H, W] latents in the model's scaled space
+    trajectory: dict          # t -> [S, C, H, W] latents in the model's scaled space; when content
+                              # and style differ in size: t -> tuple of S [1, C, h, w] (latent_at)
     streams: tuple            # names of the S rows, from scsa_core.features.STREAMS
     steps: int
     blocks: frozenset         # ComfyUI keys (name, number, index) where features were recorded
     conditioning: list        # the (empty-prompt) conditioning the inversion used
-    latent_shape: tuple
+    latent_shape: tuple       # the content latent's shape
+    style_shape: tuple | None = None  # the style latent's shape (None: latent_shape)
+
+    def latent_at(self, t: int, stream: str) -> torch.Tensor:
+        """The inverted latent of ``stream`` at timestep ``t``: ``[1, C, h, w]``."""
+        latents, row = self.trajectory[t], self.streams.index(stream)
+        return latents[row:row + 1] if isinstance(latents, torch.Tensor) else latents[row]
 
 
 # ------------------------------------------------------------------------------ images/maps
@@ -119,7 +127,10 @@ class SCSALoadSemanticMap(io.ComfyNode):
     @classmethod
     def execute(cls, image):
         rgb = read_map_rgb(folder_paths.get_annotated_filepath(image))
-        labels = labels_from_color_maps(rgb, rgb)
+        try:
+            labels = labels_from_color_maps(rgb, rgb)
+        except ValueError as error:
+            raise map_file_error(image, error) from None
         preview = _to_image(label_preview(labels.content, labels.palette))
         return io.NodeOutput(_to_image(torch.from_numpy(rgb.copy())), preview, ui=ui.PreviewImage(preview, cls=cls))
 
@@ -239,20 +250,26 @@ def parse_blocks(text: str) -> list[tuple[str, int]]:
     return blocks
 
 
-def default_blocks(keys: list[tuple]) -> list[tuple]:
-    """The decoder's two finest attention levels (SD1.x/SD2.x: output 6-11, StyleID's choice)."""
-    output = [key for key in keys if key[0] == "output"]
+def default_blocks(keys: list[tuple], model_channels: int) -> list[tuple]:
+    """StyleID's choice generalised: the decoder's finest attention level, plus the next coarser
+    level when the finest one runs at the latent's full resolution.
+
+    ``keys``: ``(name, number, index, channels)``. SD1.x/SD2.x: output 6-11 (64 and 32 token
+    grids at 512 px). SDXL has no attention at full resolution: output 3-5 (its finest
+    attention, 64 x 64 tokens at 1024 px, like SD1.x's output 9-11 at 512 px); its 10-deep
+    output 0-2 would add 30 layout-level blocks and several GB of features, so it is left to
+    the ``blocks`` input.
+    """
     levels: list[list] = []
-    for key in output:
-        if levels and levels[-1][-1][1] in (key[1], key[1] - 1) and _same_level(levels[-1][-1], key):
+    for key in (key for key in keys if key[0] == "output"):
+        if levels and levels[-1][-1][1] in (key[1], key[1] - 1) and levels[-1][-1][3] == key[3]:
             levels[-1].append(key)
         else:
             levels.append([key])
-    return [key for level in levels[-2:] for key in level]
-
-
-def _same_level(a, b) -> bool:
-    return a[3] == b[3]
+    if not levels:
+        return []
+    chosen = levels[-2:] if levels[-1][0][3] == model_channels else levels[-1:]
+    return [key for level in chosen for key in level]
 
 
 def resolve_blocks(model_patcher, text: str) -> frozenset:
@@ -266,7 +283,7 @@ def resolve_blocks(model_patcher, text: str) -> frozenset:
     if text.strip().lower() in ("", "auto"):
         channels = {key: _channels(diffusion_model, key) for key in keys}
         tagged = [key + (channels[key],) for key in keys]
-        return frozenset(key[:3] for key in default_blocks(tagged))
+        return frozenset(key[:3] for key in default_blocks(tagged, diffusion_model.model_channels))
     wanted = parse_blocks(text)
     chosen = {key for key in keys if key[:2] in set(wanted)}
     missing = sorted(set(wanted) - {key[:2] for key in chosen})
@@ -339,12 +356,11 @@ class SCSAInvert(io.ComfyNode):
         if (latents["content_map"] is None) != (latents["style_map"] is None):
             raise ValueError("content_map / style_map: connect both semantic map latents, or neither (StyleID).")
         streams = tuple(name for name in STREAMS if latents[name] is not None)
-        shape = latents["content"].shape
-        for name in streams:
-            if latents[name].shape != shape:
-                raise ValueError(f"{name}: latent is {tuple(latents[name].shape[-2:])} but content is "
-                                 f"{tuple(shape[-2:])} (in latent pixels). Resize the images to the same size "
-                                 "before VAE Encode (e.g. with 'Upscale Image').")
+        # One batch when every latent has the same size; else content side and style side
+        # (content and style may differ in size, each map must match its own image).
+        batches = inversion_batches({name: latents[name] for name in streams})
+        check_conditioning(conditioning)
+        shape, style_shape = latents["content"].shape, latents["style"].shape
         keys = resolve_blocks(model, blocks)
         recorder = model.clone()
         remove_patches(recorder)
@@ -353,21 +369,31 @@ class SCSAInvert(io.ComfyNode):
 
         dtype = recorder.model.get_dtype()
         dtype = dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float16
-        estimate = _bank_bytes(recorder.model.diffusion_model, keys, len(streams), shape, steps, dtype)
+        estimate = sum(_bank_bytes(recorder.model.diffusion_model, keys, len(batch), latents[batch[0]].shape,
+                                   steps, dtype) for batch in batches)
         bank = FeatureBank(streams, dtype=dtype, device=_bank_placement(recorder, estimate))
-        run = RecordRun(bank, keys)
-        stacked = torch.cat([latents[name] for name in streams])
         alphas = alphas_cumprod(recorder)
         schedule = inversion_schedule(steps)
-        trajectory = {}
+        per_batch = []
+        for batch in batches:
+            trajectory = {}
 
-        def loop(eps_fn, x):
-            trajectory.update(ddim_invert(eps_fn, x, schedule, alphas))
-            return x
+            def loop(eps_fn, x):
+                trajectory.update(ddim_invert(eps_fn, x, schedule, alphas))
+                return x
 
-        run_ddim(recorder, conditioning, stacked, loop, run, total_steps=len(schedule))
-        trajectory = {t: x.detach().to(bank.device) for t, x in trajectory.items()}
-        return io.NodeOutput(SCSAInversion(bank, trajectory, streams, steps, keys, conditioning, tuple(shape)))
+            stacked = torch.cat([latents[name] for name in batch])
+            run_ddim(recorder, conditioning, stacked, loop, RecordRun(bank, keys, streams=batch),
+                     total_steps=len(schedule))
+            per_batch.append({t: x.detach().to(bank.device) for t, x in trajectory.items()})
+        if len(batches) == 1:
+            trajectory = per_batch[0]
+        else:  # per stream, in the order of `streams`
+            rows = {name: (index, row) for index, batch in enumerate(batches) for row, name in enumerate(batch)}
+            trajectory = {t: tuple(per_batch[rows[name][0]][t][rows[name][1]:rows[name][1] + 1] for name in streams)
+                          for t in per_batch[0]}
+        return io.NodeOutput(SCSAInversion(bank, trajectory, streams, steps, keys, conditioning, tuple(shape),
+                                           tuple(style_shape)))
 
 
 def _bank_bytes(diffusion_model, keys, streams: int, latent_shape, steps: int, dtype) -> int:
@@ -443,9 +469,8 @@ class SCSAApply(io.ComfyNode):
 # -------------------------------------------------------------------------------- sampler
 def initial_latent(inversion: SCSAInversion, settings: ApplySettings, start_from: int, init: str) -> torch.Tensor:
     """The latent sampling starts from: ``[1, C, H, W]`` in the model's scaled space."""
-    start = inversion.trajectory[start_from]
-    content = start[inversion.streams.index("content"):][:1]
-    style = start[inversion.streams.index("style"):][:1]
+    content = inversion.latent_at(start_from, "content")
+    style = inversion.latent_at(start_from, "style")
     if init == "auto":
         init = "semantic AdaIN" if settings.semantics is not None else "AdaIN"
     if init == "none":
@@ -458,7 +483,8 @@ def initial_latent(inversion: SCSAInversion, settings: ApplySettings, start_from
         if settings.semantics is None:
             raise ValueError("init: 'semantic AdaIN' needs semantics on SCSAApply. Connect a semantic pair, "
                              "or choose 'AdaIN' (StyleID).")
-        content_labels, style_labels = grid_labels(settings.semantics, settings.params, height, width)
+        content_labels, style_labels = grid_labels(settings.semantics, settings.params, height, width,
+                                                   tuple(style.shape[-2:]))
         mixed = semantic_adain(tokens(content), tokens(style), content_labels.flatten().to(content.device),
                                style_labels.flatten().to(content.device))
     return mixed.transpose(1, 2).reshape(batch, channels, height, width)
@@ -495,6 +521,8 @@ class SCSAStyleSampler(io.ComfyNode):
                 not {"content_map", "style_map"} <= set(inversion.streams):
             raise ValueError("inversion: SCSA with semantic_share > 0 needs the semantic map latents. Connect "
                              "content_map and style_map to SCSAInvert, or set semantic_share to 0.")
+        if settings.semantics is not None:
+            log_map_sizes(settings.semantics, inversion.latent_shape, inversion.style_shape or inversion.latent_shape)
         schedule = sampling_schedule(inversion.steps, timesteps)
         start = initial_latent(inversion, settings, schedule.start_from, init)
         alphas = alphas_cumprod(model)

@@ -1,0 +1,94 @@
+"""SD1.x, SD2.x (v-prediction) and SDXL: block presets and whole runs on tiny random UNets.
+
+The models are built through ComfyUI's own model classes (``comfy.supported_models``) with
+SD-family layouts at a small width, randomly initialised; nodes are called directly.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import comfy_fixtures as cf
+from pack import pack_module
+
+LATENT = (1, 4, 16, 12)  # a non-square latent: grids 16x12, 8x6, 4x3
+
+
+def _patcher(family: str):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+
+    if family == "sd15":
+        return cf.build_tiny_sd15_patcher(seed=1)
+    common = dict(in_channels=4, out_channels=4, model_channels=32, use_checkpoint=False, image_size=32,
+                  use_spatial_transformer=True, legacy=False, use_temporal_attention=False,
+                  use_temporal_resblock=False, use_linear_in_transformer=True)
+    if family == "sd2":
+        config = dict(common, num_res_blocks=[2] * 4, channel_mult=[1, 2, 4, 4],
+                      transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                      transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],  # popped: output 11 first
+                      transformer_depth_middle=1, context_dim=64, adm_in_channels=None)
+        model_config = sm.SD20(config)
+        # output 11's norm1 bias spread is how ComfyUI tells SD2's v-prediction models apart
+        state = {"output_blocks.11.1.transformer_blocks.0.norm1.bias": torch.randn(32) * 0.5}
+    else:
+        config = dict(common, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4],
+                      transformer_depth=[0, 0, 1, 1, 2, 2], transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2],
+                      transformer_depth_middle=2, context_dim=64, adm_in_channels=2816,
+                      num_classes="sequential")
+        model_config = sm.SDXL(config)
+        state = {}
+    model_config.unet_config["num_head_channels"] = 8
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model(state)
+    cf.init_weights_(model.diffusion_model, 3, prefix="model.diffusion_model.")
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def _conditioning(family: str):
+    context = 768 if family == "sd15" else 64
+    extra = {"pooled_output": torch.zeros(1, 1280)} if family == "sdxl" else {}
+    return [[torch.zeros(1, 77, context), extra]]
+
+
+EXPECTED_AUTO = {
+    "sd15": {("output", n, 0) for n in range(6, 12)},
+    "sd2": {("output", n, 0) for n in range(6, 12)},
+    "sdxl": {("output", n, i) for n in range(3, 6) for i in range(1)},
+}
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd2", "sdxl"])
+def test_family_auto_blocks_and_full_run(family, comfy):
+    scsa_nodes = pack_module("nodes/scsa_nodes.py")
+    labels = pack_module("scsa_core/labels.py")
+    patcher = _patcher(family)
+    if family == "sd2":
+        import comfy.model_base
+        assert patcher.model.model_type == comfy.model_base.ModelType.V_PREDICTION
+    blocks = scsa_nodes.resolve_blocks(patcher, "auto")
+    assert blocks == EXPECTED_AUTO[family]
+
+    g = torch.Generator().manual_seed(4)
+    latents = {name: {"samples": torch.randn(LATENT, generator=g)} for name in
+               ("content", "style", "content_map", "style_map")}
+    masks = torch.zeros(2, 64, 48)
+    masks[0, :32], masks[1, 32:] = 1, 1
+    semantics = labels.labels_from_masks(masks, masks.flip(1), threshold=0.5)
+    with torch.inference_mode():
+        inversion = scsa_nodes.SCSAInvert.execute(
+            model=patcher, conditioning=_conditioning(family), steps=3, blocks="auto", **latents).result[0]
+        assert {key for _, key in inversion.bank._entries} == blocks
+        outputs = {}
+        for mode, kwargs in (("scsa", {"semantics": semantics}), ("styleid", {})):
+            model = scsa_nodes.SCSAApply.execute(
+                model=patcher, preset="default", sca_weight=0.8, ssa_weight=0.2, semantic_share=0.3,
+                content_share=0.5, temperature=1.2, gamma=0.75, **kwargs).result[0]
+            outputs[mode] = scsa_nodes.SCSAStyleSampler.execute(
+                model=model, inversion=inversion, init="auto", timesteps="aligned").result[0]["samples"]
+    for latent in outputs.values():
+        assert latent.shape == LATENT and torch.isfinite(latent).all() and latent.std() > 0
+    assert not torch.allclose(outputs["scsa"], outputs["styleid"])
