@@ -13,3 +13,6 @@ from .attention import (LabelPairing, pair_labels, plain_attention, semantic_con
                         semantic_sparse_attention, styleid_attention)
 from .block import (BlockLayers, ReferenceInputs, ReferenceProjections, ReferenceTerms, SCSAParams,
                     fuse, project_references, reference_terms, scsa_block, ssa_output)
+from .labels import (SemanticLabels, label_preview, labels_from_color_maps, labels_from_masks,
+                     resample_labels, token_grid_size)
+from .schedules import ddim_invert, ddim_sample, ddim_timesteps, inversion_schedule, sampling_schedule

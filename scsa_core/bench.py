@@ -4,12 +4,13 @@
 
 Prints one JSON object per shape on its own line: ``tokens``, ``channels``, ``heads``,
 ``labels``, ``scsa_s`` and ``sdpa_s`` (medians over alternating repeats), ``ratio`` and
-``peak_extra_mb`` (memory SCSA needs beyond what plain attention's peak already used: CUDA
-allocator peak on a GPU, resident-set high-water mark of a fresh process on the CPU).
+``peak_extra_mb`` (memory SCSA needs beyond plain attention's own peak: CUDA allocator peaks on
+a GPU; on the CPU the resident-set growth of a fresh process running each, also printed as
+``sdpa_peak_mb`` and ``scsa_peak_mb``).
 
-The SCSA call is everything an injected block computes per step: S-AdaIN (twice, official
-preset), the reference projections, SCA, SSA and both ``to_out`` projections. Labels are four
-balanced horizontal bands on both sides.
+The SCSA call is everything an injected block computes per step: S-AdaIN (twice with
+``--preset official``), the reference projections, SCA, SSA and both ``to_out`` projections.
+Labels are four balanced horizontal bands on both sides.
 """
 from __future__ import annotations
 
@@ -61,11 +62,12 @@ def _time(fn, device) -> float:
     return time.perf_counter() - start
 
 
-def measure(tokens: int, channels: int, device: str, dtype: torch.dtype, repeats: int) -> dict:
+def measure(tokens: int, channels: int, device: str, dtype: torch.dtype, repeats: int,
+            preset: str = "default") -> dict:
     layers = _layers(channels, device, dtype)
     (x_t, content, style, content_map, style_map), labels = _inputs(tokens, channels, device, dtype)
     refs = ReferenceInputs(content, style, content_map, style_map)
-    params = SCSAParams(preset="official")
+    params = SCSAParams(preset=preset)
     q, k, v = (split_heads(layers.to_q(x_t), HEADS), split_heads(layers.to_k(x_t), HEADS),
                split_heads(layers.to_v(x_t), HEADS))
 
@@ -93,30 +95,31 @@ def measure(tokens: int, channels: int, device: str, dtype: torch.dtype, repeats
             sdpa_times.append(_time(run_sdpa, device))
             scsa_times.append(_time(run_scsa, device))
     scsa_s, sdpa_s = statistics.median(scsa_times), statistics.median(sdpa_times)
-    return {"tokens": tokens, "channels": channels, "heads": HEADS, "labels": LABELS,
+    return {"tokens": tokens, "channels": channels, "heads": HEADS, "labels": LABELS, "preset": preset,
             "device": device, "dtype": str(dtype).replace("torch.", ""),
             "threads": torch.get_num_threads(), "scsa_s": round(scsa_s, 5),
             "sdpa_s": round(sdpa_s, 5), "ratio": round(scsa_s / sdpa_s, 3),
             "peak_extra_mb": None if peak_extra is None else round(peak_extra / 2 ** 20, 1)}
 
 
-def _cpu_peak_extra_mb(tokens: int, channels: int, dtype: str) -> float:
-    """Run plain attention then SCSA in a fresh process; the RSS high-water mark grows by the extra."""
+def _cpu_peak_mb(tokens: int, channels: int, dtype: str, preset: str, which: str) -> float:
+    """Resident-set growth of a fresh process while it runs ``which`` ("sdpa" or "scsa") twice."""
     code = ("import resource, torch, torch.nn.functional as F\n"
             "from scsa_core import bench as b\n"
-            f"dt = getattr(torch, {dtype!r}); n, c = {tokens}, {channels}\n"
-            "layers = b._layers(c, 'cpu', dt); (x, cn, st, cm, sm), lab = b._inputs(n, c, 'cpu', dt)\n"
             "from scsa_core.attention import split_heads, pair_labels\n"
             "from scsa_core.block import ReferenceInputs, SCSAParams, scsa_block\n"
+            f"dt = getattr(torch, {dtype!r}); n, c = {tokens}, {channels}\n"
+            "layers = b._layers(c, 'cpu', dt); (x, cn, st, cm, sm), lab = b._inputs(n, c, 'cpu', dt)\n"
             "q, k, v = (split_heads(f(x), b.HEADS) for f in (layers.to_q, layers.to_k, layers.to_v))\n"
+            "refs = ReferenceInputs(cn, st, cm, sm)\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "with torch.no_grad():\n"
-            "    for _ in range(2): F.scaled_dot_product_attention(q, k, v)\n"
-            "    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "    for _ in range(2): scsa_block(layers, x, ReferenceInputs(cn, st, cm, sm), lab, lab, pair_labels(lab, lab), b.HEADS, SCSAParams(preset='official'))\n"
-            "    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "print((after - before) / 1024)\n")
+            "    for _ in range(2):\n"
+            f"        if {which!r} == 'sdpa': F.scaled_dot_product_attention(q, k, v)\n"
+            f"        else: scsa_block(layers, x, refs, lab, lab, pair_labels(lab, lab), b.HEADS, SCSAParams(preset={preset!r}))\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return round(float(out.stdout.strip().splitlines()[-1]), 1)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> None:
@@ -124,13 +127,18 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (GPU default)")
+    parser.add_argument("--preset", default="default", choices=("default", "official"))
     args = parser.parse_args(argv)
     dtypes = [args.dtype] if args.dtype else (["float32", "float16"] if args.device == "cuda" else ["float32"])
     for dtype_name in dtypes:
         for tokens, channels in SHAPES:
-            result = measure(tokens, channels, args.device, getattr(torch, dtype_name), args.repeats)
+            result = measure(tokens, channels, args.device, getattr(torch, dtype_name), args.repeats,
+                             args.preset)
             if result["peak_extra_mb"] is None:
-                result["peak_extra_mb"] = _cpu_peak_extra_mb(tokens, channels, dtype_name)
+                sdpa_mb = _cpu_peak_mb(tokens, channels, dtype_name, args.preset, "sdpa")
+                scsa_mb = _cpu_peak_mb(tokens, channels, dtype_name, args.preset, "scsa")
+                result.update(sdpa_peak_mb=round(sdpa_mb, 1), scsa_peak_mb=round(scsa_mb, 1),
+                              peak_extra_mb=round(max(0.0, scsa_mb - sdpa_mb), 1))
             print(json.dumps(result), flush=True)
 
 

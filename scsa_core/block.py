@@ -110,21 +110,22 @@ def reference_terms(layers: BlockLayers, refs: ReferenceInputs, projections: Ref
     """
     a1 = params.semantic_share
     restyled = semantic_adain(refs.content, refs.style, content_labels, style_labels)
-    sca_query = layers.to_q(layers.norm1(restyled))
-    sca_key = projections.style_key
+    content_query = layers.to_q(layers.norm1(restyled))
+    sca_query, sca_key = content_query, projections.style_key
     if a1 != 0.0:
         if projections.content_map_query is None or projections.style_map_key is None:
             raise ValueError("semantic_share > 0 needs the content-map and style-map features: "
                              "connect both semantic map latents to SCSAInvert, or set semantic_share to 0")
-        sca_query = a1 * projections.content_map_query + (1 - a1) * sca_query
+        sca_query = a1 * projections.content_map_query + (1 - a1) * content_query
         sca_key = a1 * projections.style_map_key + (1 - a1) * sca_key
     sca = semantic_continuous_attention(sca_query, sca_key, projections.style_value, pairing,
                                         heads, params.temperature, params.unmatched)
 
+    ssa_content_query = content_query
     if params.preset == "official":
         # The official code writes the first S-AdaIN back in place, so SSA sees it applied twice.
         restyled = semantic_adain(restyled, refs.style, content_labels, style_labels)
-    ssa_content_query = layers.to_q(layers.norm1(restyled))
+        ssa_content_query = layers.to_q(layers.norm1(restyled))
     return ReferenceTerms(sca, ssa_content_query, projections.style_key,
                           projections.style_value, pairing)
 
