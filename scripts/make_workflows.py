@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Generate the pack's example workflows, UI and API format, from ONE description per graph.
+
+    .venv/bin/python scripts/make_workflows.py            # (re)write example_workflows/
+    .venv/bin/python scripts/make_workflows.py --check    # exit 1 if the files are stale
+    .venv/bin/python scripts/make_workflows.py --server http://127.0.0.1:8188   # use a running ComfyUI
+
+Each graph below is described once (nodes, positions, links, the widget values that differ from
+the nodes' defaults). The node definitions come from ComfyUI's ``/object_info`` (a headless
+ComfyUI with this pack is started when no ``--server`` is given), so widget order, the
+frontend's extra widgets and the defaults always follow the nodes' current schemas
+(scripts/workflow_format.py). Written:
+
+  example_workflows/<name>.json      UI format: drag into ComfyUI, or Workflow > Browse Templates
+  example_workflows/<name>.jpg       its thumbnail (a drawing of the graph)
+  example_workflows/api/<name>.json  API format: POST /prompt, or scripts/run_workflow.py
+
+tests/test_server.py checks that the committed files equal what this script produces now.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from scripts.workflow_format import File, Graph  # noqa: E402
+
+OUT_DIR = REPO_ROOT / "example_workflows"
+API_DIR = OUT_DIR / "api"
+
+# What artists have, and what the tests/runner put into ComfyUI's input folder.
+CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+IMAGES = {"content": "scsa_content.png", "style": "scsa_style.png",
+          "content_map": "scsa_content_map.png", "style_map": "scsa_style_map.png"}
+# Region colours of the example maps (flat 230-valued primaries, as in the SCSA dataset):
+# ImageColorToMask matches them exactly.
+REGION_COLOURS = (0xE60000, 0x00E600, 0xE6E600, 0x0000E6)
+COLOUR_NAMES = {0xE60000: "red", 0x00E600: "green", 0xE6E600: "yellow", 0x0000E6: "blue"}
+
+NOTE_SCSA = """SCSA semantic style transfer (SD1.5)
+
+1. Load Checkpoint: any SD1.x checkpoint.
+2. Content + style images, and a semantic map for each: flat colours, one per region; the same colour marks the same region in both maps (PNG).
+3. Queue. The preview of "Semantic Pair" shows the regions found (hatched = no counterpart in the other map).
+
+All four images must have the same size. Tweak Apply SCSA or the sampler and re-queue: the inversion is cached."""
+
+NOTE_STYLEID = """StyleID style transfer (SD1.5), no semantic maps
+
+The same graph as SCSA, without semantics: Apply SCSA then runs StyleID (gamma, styleid_temperature).
+Content and style images must have the same size."""
+
+NOTE_MASKS = """SCSA driven by masks
+
+Each "Image Color To Mask" picks one region of a colour-coded map (exact colour, 0xRRGGBB). Any MASK works instead, e.g. from a segmentation node.
+Mask Batch stacks them in socket order: content mask i and style mask i are the same region, so keep the same order on both sides.
+
+No colour map? Disconnect content_map / style_map from Invert and set Apply SCSA's semantic_share to 0."""
+
+
+# ------------------------------------------------------------------------------- the graphs
+def _model_and_images(g: Graph, maps: str | None):
+    """Load Checkpoint, empty prompt, content/style images and (optionally) the two maps."""
+    ckpt = g.add("CheckpointLoaderSimple", (40, 60), (320, 98), ckpt_name=File(CHECKPOINT))
+    empty = g.add("CLIPTextEncode", (40, 210), (320, 110), title="Empty prompt", text="", clip=ckpt[1])
+    content = g.add("LoadImage", (400, 60), (300, 330), title="Content image", image=File(IMAGES["content"]))
+    style = g.add("LoadImage", (720, 60), (300, 330), title="Style image", image=File(IMAGES["style"]))
+    content_map = style_map = None
+    if maps == "color":
+        content_map = g.add("SCSALoadSemanticMap", (400, 440), (300, 330), title="Content semantic map",
+                            image=File(IMAGES["content_map"]))
+        style_map = g.add("SCSALoadSemanticMap", (720, 440), (300, 330), title="Style semantic map",
+                          image=File(IMAGES["style_map"]))
+    elif maps == "masks":
+        content_map = g.add("LoadImage", (400, 440), (300, 330), title="Content semantic map",
+                            image=File(IMAGES["content_map"]))
+        style_map = g.add("LoadImage", (720, 440), (300, 330), title="Style semantic map",
+                          image=File(IMAGES["style_map"]))
+    return ckpt, empty, content, style, content_map, style_map
+
+
+def _encode(g: Graph, ckpt, image, pos, title):
+    return g.add("VAEEncode", pos, (210, 46), title=title, pixels=image[0], vae=ckpt[2])
+
+
+def _scsa_tail(g: Graph, ckpt, empty, latents: dict, semantics, x: float, prefix: str):
+    invert = g.add("SCSAInvert", (x, 60), (330, 230), model=ckpt[0], conditioning=empty[0],
+                   content=latents["content"][0], style=latents["style"][0],
+                   content_map=latents["content_map"][0] if "content_map" in latents else None,
+                   style_map=latents["style_map"][0] if "style_map" in latents else None)
+    apply = g.add("SCSAApply", (x, 330), (330, 290), model=ckpt[0],
+                  semantics=semantics[0] if semantics is not None else None)
+    sampler = g.add("SCSAStyleSampler", (x + 370, 60), (300, 120), model=apply[0], inversion=invert[0])
+    decode = g.add("VAEDecode", (x + 370, 220), (210, 46), samples=sampler[0], vae=ckpt[2])
+    g.add("SaveImage", (x + 370, 310), (380, 420), images=decode[0], filename_prefix=prefix)
+    return invert, apply, sampler
+
+
+def scsa_color_maps() -> Graph:
+    g = Graph("scsa_sd15_color_maps", view=(0.75, (20.0, 20.0)))
+    ckpt, empty, content, style, content_map, style_map = _model_and_images(g, "color")
+    latents = {"content": _encode(g, ckpt, content, (1060, 60), "Encode content"),
+               "style": _encode(g, ckpt, style, (1060, 150), "Encode style"),
+               "content_map": _encode(g, ckpt, content_map, (1060, 440), "Encode content map"),
+               "style_map": _encode(g, ckpt, style_map, (1060, 530), "Encode style map")}
+    pair = g.add("SCSASemanticPair", (1060, 640), (420, 360), content_map=content_map[0],
+                 style_map=style_map[0])
+    _scsa_tail(g, ckpt, empty, latents, pair, 1520, "scsa")
+    g.note(NOTE_SCSA, (40, 380), (330, 390))
+    g.group("Model", (20, -10, 360, 350))
+    g.group("Images and semantic maps", (380, -10, 660, 800))
+    g.group("SCSA", (1500, -10, 770, 760))
+    return g
+
+
+def styleid() -> Graph:
+    g = Graph("styleid_sd15", view=(0.8, (20.0, 20.0)))
+    ckpt, empty, content, style, _, _ = _model_and_images(g, None)
+    latents = {"content": _encode(g, ckpt, content, (1060, 60), "Encode content"),
+               "style": _encode(g, ckpt, style, (1060, 150), "Encode style")}
+    _scsa_tail(g, ckpt, empty, latents, None, 1320, "styleid")
+    g.note(NOTE_STYLEID, (40, 380), (330, 200))
+    g.group("Model", (20, -10, 360, 350))
+    g.group("Images", (380, -10, 660, 420))
+    g.group("StyleID", (1300, -10, 770, 760))
+    return g
+
+
+def scsa_masks() -> Graph:
+    g = Graph("scsa_sd15_masks", view=(0.6, (20.0, 20.0)))
+    ckpt, empty, content, style, content_map, style_map = _model_and_images(g, "masks")
+    batches = []
+    for side, (image, y) in {"content": (content_map, 870), "style": (style_map, 1310)}.items():
+        masks = [g.add("ImageColorToMask", (400, y + 100 * i), (300, 58),
+                       title=f"{side} mask {i + 1} ({COLOUR_NAMES[colour]})", image=image[0], color=colour)
+                 for i, colour in enumerate(REGION_COLOURS)]
+        batches.append(g.add("SCSAMaskBatch", (740, y), (280, 230), title=f"{side.capitalize()} masks",
+                             **{f"mask_{i + 1}": m[0] for i, m in enumerate(masks)}))
+    latents = {"content": _encode(g, ckpt, content, (1060, 60), "Encode content"),
+               "style": _encode(g, ckpt, style, (1060, 150), "Encode style"),
+               "content_map": _encode(g, ckpt, content_map, (1060, 440), "Encode content map"),
+               "style_map": _encode(g, ckpt, style_map, (1060, 530), "Encode style map")}
+    pair = g.add("SCSASemanticFromMasks", (1060, 870), (420, 360), content_masks=batches[0][0],
+                 style_masks=batches[1][0])
+    _scsa_tail(g, ckpt, empty, latents, pair, 1520, "scsa_masks")
+    g.note(NOTE_MASKS, (40, 380), (330, 330))
+    g.group("Model", (20, -10, 360, 350))
+    g.group("Images and semantic maps", (380, -10, 660, 800))
+    g.group("Masks: one per region, same order on both sides", (380, 800, 660, 900))
+    g.group("SCSA", (1500, -10, 770, 760))
+    return g
+
+
+GRAPHS = {"scsa_sd15_color_maps": scsa_color_maps, "styleid_sd15": styleid, "scsa_sd15_masks": scsa_masks}
+
+
+# ----------------------------------------------------------------------------- rendering
+def render(defs: dict) -> dict:
+    """``{name: (ui dict, api dict)}`` for every graph, rendered for these node definitions."""
+    out = {}
+    for name, build in GRAPHS.items():
+        graph = build()
+        assert graph.name == name
+        out[name] = (graph.to_ui(defs), graph.to_api(defs))
+    return out
+
+
+def dumps(data: dict) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def paths(name: str, out_dir: Path = OUT_DIR) -> dict:
+    return {"ui": out_dir / f"{name}.json", "thumbnail": out_dir / f"{name}.jpg",
+            "api": out_dir / "api" / f"{name}.json"}
+
+
+def stale_files(defs: dict, out_dir: Path = OUT_DIR) -> list[str]:
+    """Files that differ from what the generator produces (empty list = up to date)."""
+    problems = []
+    for name, (ui, api) in render(defs).items():
+        p = paths(name, out_dir)
+        for key, data in (("ui", ui), ("api", api)):
+            if not p[key].is_file():
+                problems.append(f"{p[key]} is missing")
+            elif json.loads(p[key].read_text(encoding="utf-8")) != json.loads(dumps(data)):
+                problems.append(f"{p[key]} differs from the generator's output")
+        if not p["thumbnail"].is_file():
+            problems.append(f"{p['thumbnail']} is missing")
+    return problems
+
+
+def write(defs: dict, out_dir: Path = OUT_DIR) -> list[Path]:
+    written = []
+    for name, (ui, api) in render(defs).items():
+        p = paths(name, out_dir)
+        p["api"].parent.mkdir(parents=True, exist_ok=True)
+        p["ui"].write_text(dumps(ui), encoding="utf-8")
+        p["api"].write_text(dumps(api), encoding="utf-8")
+        thumbnail(ui, defs).save(p["thumbnail"], "JPEG", quality=85, optimize=True)
+        written += [p["ui"], p["api"], p["thumbnail"]]
+    return written
+
+
+# ---------------------------------------------------------------------------- thumbnails
+TYPE_COLOURS = {"MODEL": (178, 160, 255), "CLIP": (255, 210, 64), "VAE": (255, 99, 99),
+                "CONDITIONING": (255, 160, 49), "LATENT": (255, 156, 249), "IMAGE": (100, 181, 246),
+                "MASK": (129, 200, 132), "SCSA_SEMANTICS": (77, 208, 225), "SCSA_INVERSION": (240, 98, 146)}
+
+
+def thumbnail(ui: dict, defs: dict, width: int = 640, height: int = 400):
+    """A drawing of the graph (node boxes, titles, links coloured by type) on ComfyUI's dark
+    canvas. Made from the workflow itself, so it needs no model and no images."""
+    from PIL import Image, ImageDraw, ImageFont
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    boxes = [(n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in ui["nodes"]]
+    boxes += [(g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
+               g["bounding"][1] + g["bounding"][3]) for g in ui["groups"]]
+    x0, y0 = min(b[0] for b in boxes) - 20, min(b[1] for b in boxes) - 20
+    x1, y1 = max(b[2] for b in boxes) + 20, max(b[3] for b in boxes) + 20
+    scale = min(width / (x1 - x0), height / (y1 - y0))
+    ox, oy = (width - (x1 - x0) * scale) / 2, (height - (y1 - y0) * scale) / 2
+
+    def at(x, y):
+        return ox + (x - x0) * scale, oy + (y - y0) * scale
+
+    image = Image.new("RGB", (width, height), (32, 32, 32))
+    draw = ImageDraw.Draw(image)
+    try:
+        font = ImageFont.load_default(size=max(8, int(round(15 * scale * 1.6))))
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    radius = max(1, int(6 * scale))
+    for g in ui["groups"]:
+        bx, by, bw, bh = g["bounding"]
+        colour = tuple(int(g["color"][i:i + 2], 16) for i in (1, 3, 5))
+        draw.rounded_rectangle((*at(bx, by), *at(bx + bw, by + bh)), radius=radius,
+                               fill=tuple(c // 4 + 24 for c in colour), outline=colour)
+        draw.text(at(bx + 10, by + 6), g["title"], fill=(200, 200, 200), font=font)
+    for link_id, src, src_slot, dst, dst_slot, kind in ui["links"]:
+        a, b = nodes[src], nodes[dst]
+        start = at(a["pos"][0] + a["size"][0], a["pos"][1] + 14 + 20 * src_slot)
+        end = at(b["pos"][0], b["pos"][1] + 14 + 20 * dst_slot)
+        mid = (start[0] + end[0]) / 2
+        draw.line([start, (mid, start[1]), (mid, end[1]), end], fill=TYPE_COLOURS.get(kind, (200, 200, 200)),
+                  width=max(1, int(3 * scale * 1.5)))
+    for n in ui["nodes"]:
+        x, y = n["pos"]
+        w, h = n["size"]
+        is_note = n["type"] in ("Note", "MarkdownNote")
+        body = (101, 85, 51) if is_note else (53, 53, 53)
+        head = (68, 51, 34) if is_note else (34, 34, 34)
+        draw.rounded_rectangle((*at(x, y - 30), *at(x + w, y + h)), radius=radius, fill=body,
+                               outline=(90, 90, 90))
+        draw.rounded_rectangle((*at(x, y - 30), *at(x + w, y)), radius=radius, fill=head)
+        title = n.get("title") or defs.get(n["type"], {}).get("display_name") or n["type"]
+        draw.text(at(x + 8, y - 26), title, fill=(220, 220, 220), font=font)
+    return image
+
+
+# ------------------------------------------------------------------------- node definitions
+def fetch_defs(server: str | None = None) -> dict:
+    """``/object_info`` of a running ComfyUI, or of a headless one started for this call."""
+    from scripts import comfyui_runtime as rt
+    if server:
+        import urllib.request
+        with urllib.request.urlopen(server.rstrip("/") + "/object_info", timeout=120) as r:
+            return json.loads(r.read())
+    with rt.ComfyServer() as srv:
+        return srv.get_json("/object_info")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="only check that the files are up to date")
+    ap.add_argument("--server", help="URL of a running ComfyUI with this pack (default: start one)")
+    ap.add_argument("--out", type=Path, default=OUT_DIR, help="output folder (default: example_workflows/)")
+    a = ap.parse_args(argv)
+    defs = fetch_defs(a.server)
+    if a.check:
+        problems = stale_files(defs, a.out)
+        for p in problems:
+            print(p, file=sys.stderr)
+        if problems:
+            print("run: .venv/bin/python scripts/make_workflows.py", file=sys.stderr)
+        return 1 if problems else 0
+    for path in write(defs, a.out):
+        print(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

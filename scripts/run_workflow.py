@@ -1,0 +1,590 @@
+#!/usr/bin/env python3
+"""Run an SCSA workflow headless: one image pair, or a whole folder of pairs.
+
+    .venv/bin/python scripts/run_workflow.py                      # the example, on pair 29
+    .venv/bin/python scripts/run_workflow.py --content photo.jpg --style painting.jpg \\
+        --content-map photo_sem.png --style-map painting_sem.png --checkpoint v1-5-pruned-emaonly.safetensors
+    .venv/bin/python scripts/run_workflow.py --pairs ../shared/data/sem_pairs --out runs/
+    .venv/bin/python scripts/run_workflow.py example_workflows/styleid_sd15.json --server http://127.0.0.1:8188
+
+WORKFLOW is a UI workflow (as saved by ComfyUI, e.g. example_workflows/*.json) or an API prompt
+(example_workflows/api/*.json, "Export (API)"); UI files are converted with the node definitions
+of the server (/object_info). Without --server, a headless ComfyUI with this pack is started
+from the runtime of scripts/setup.sh (or COMFYUI_PATH) and stopped at the end.
+
+Images: the workflow's image loaders are matched by their file name (scsa_content.png,
+scsa_style.png, scsa_content_map.png, scsa_style_map.png) or title ("Content image", "Style
+semantic map", ...) and given the files from --content/--style/--content-map/--style-map,
+uploaded through /upload/image. --pairs DIR runs every pair found in DIR: <name>.jpg (content),
+<name>_paint.jpg (style), <name>_sem.png and <name>_paint_sem.png (their maps), in DIR or its
+sub-folders. Style and maps are resized to the content's size (maps without interpolation).
+
+Checkpoint: --checkpoint NAME, else the workflow's (v1-5-pruned-emaonly.safetensors). The
+embedded server looks in --models DIR (and DIR/checkpoints) and in ComfyUI's models/checkpoints.
+If no checkpoint was asked for and the workflow's is not there, a tiny RANDOM-WEIGHT SD1.5
+checkpoint (the tests' one, cached in .cache/models) is used so the pipeline still runs: its
+output is noise, not art.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import mimetypes
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from scripts import comfyui_runtime as rt  # noqa: E402
+from scripts.workflow_format import WorkflowError, is_ui_workflow, ui_to_api  # noqa: E402
+
+DEFAULT_WORKFLOW = REPO_ROOT / "example_workflows" / "scsa_sd15_color_maps.json"
+DEFAULT_OUT = REPO_ROOT / "outputs"
+DEFAULT_PAIR = "29"
+ROLES = ("content", "style", "content_map", "style_map")
+ROLE_FILES = {"content": "scsa_content.png", "style": "scsa_style.png",
+              "content_map": "scsa_content_map.png", "style_map": "scsa_style_map.png"}
+IMAGE_LOADERS = ("LoadImage", "SCSALoadSemanticMap")
+TINY_SIZE, TINY_STEPS = 64, 8     # random weights: keep the demo run short
+CKPT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
+
+
+class RunError(RuntimeError):
+    """A problem the user can fix; the message says how. Exit code 2."""
+
+
+def sem_pairs_dir() -> Path:
+    return Path(os.environ.get("SCSA_SEM_PAIRS_DIR", REPO_ROOT.parent / "shared" / "data" / "sem_pairs"))
+
+
+# ------------------------------------------------------------------------------------ HTTP
+class Client:
+    """The few ComfyUI endpoints the runner needs (standard library only)."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url.rstrip("/")
+        self.client_id = uuid.uuid4().hex
+
+    def get(self, path: str, timeout: float = 60) -> bytes:
+        with urllib.request.urlopen(self.base_url + path, timeout=timeout) as r:
+            return r.read()
+
+    def get_json(self, path: str, timeout: float = 60):
+        return json.loads(self.get(path, timeout))
+
+    def post_json(self, path: str, body) -> tuple[int, object]:
+        req = urllib.request.Request(self.base_url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                return e.code, json.loads(raw)
+            except ValueError:
+                return e.code, raw.decode("utf-8", "replace")
+
+    def upload_image(self, data: bytes, filename: str) -> str:
+        """POST /upload/image (overwrite); returns the name to put into a loader's image input."""
+        boundary = uuid.uuid4().hex
+        ctype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        parts = []
+        for name, value in (("overwrite", "true"), ("type", "input")):
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+                     f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
+        parts.append(f"--{boundary}--\r\n".encode())
+        req = urllib.request.Request(self.base_url + "/upload/image", data=b"".join(parts), method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            info = json.loads(r.read())
+        return f"{info['subfolder']}/{info['name']}" if info.get("subfolder") else info["name"]
+
+    def view(self, image: dict) -> bytes:
+        query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image.get("subfolder", ""),
+                                        "type": image.get("type", "output")})
+        return self.get(f"/view?{query}", timeout=120)
+
+    def ws_url(self) -> str:
+        parsed = urllib.parse.urlparse(self.base_url)
+        scheme = "wss" if parsed.scheme == "https" else "ws"
+        return f"{scheme}://{parsed.netloc}{parsed.path}/ws?clientId={self.client_id}"
+
+
+# -------------------------------------------------------------------------------- progress
+class Progress:
+    """One status line per prompt: node k/n, its title, and its step counter."""
+
+    def __init__(self, label: str, prompt: dict, quiet: bool = False, stream=None):
+        self.label, self.prompt, self.quiet = label, prompt, quiet
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.done: set[str] = set()
+        self.node = None
+        self.last_bucket = None
+        self.started = time.monotonic()
+
+    def _title(self, node_id) -> str:
+        node = self.prompt.get(str(node_id), {})
+        title = node.get("_meta", {}).get("title") or node.get("class_type", "?")
+        return f"{title} [{node.get('class_type', '?')}]" if title != node.get("class_type") else title
+
+    def _emit(self, text: str, final: bool = False) -> None:
+        if self.quiet:
+            return
+        line = f"[{self.label}] {text}"
+        if self.tty:
+            self.stream.write("\r\033[K" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def cached(self, nodes) -> None:
+        self.done.update(str(n) for n in nodes)
+        if nodes:
+            self._emit(f"{len(nodes)} node(s) cached")
+
+    def executing(self, node_id) -> None:
+        if self.node is not None:
+            self.done.add(self.node)
+        self.node = str(node_id)
+        self.last_bucket = None
+        self._emit(f"node {len(self.done) + 1}/{len(self.prompt)}: {self._title(node_id)}")
+
+    def progress(self, node_id, value: int, maximum: int) -> None:
+        bucket = value if self.tty else (value * 4) // max(1, maximum)   # lines at 25 % steps
+        if bucket == self.last_bucket:
+            return
+        self.last_bucket = bucket
+        self._emit(f"node {len(self.done) + 1}/{len(self.prompt)}: {self._title(node_id)}: "
+                   f"step {value}/{maximum}")
+
+    def finished(self, ok: bool) -> None:
+        self._emit(f"{'done' if ok else 'FAILED'} in {time.monotonic() - self.started:.1f} s", final=True)
+
+
+def run_prompt(client: Client, prompt: dict, progress: Progress, timeout: float) -> dict:
+    """Queue ``prompt``, follow it (websocket, else polling), return its /history entry."""
+    ws = None
+    try:
+        import websocket  # websocket-client (installed by scripts/setup.sh)
+        ws = websocket.create_connection(client.ws_url(), timeout=10, suppress_origin=True)
+    except Exception:
+        ws = None  # polling only
+    try:
+        status, body = client.post_json("/prompt", {"prompt": prompt, "client_id": client.client_id})
+        if status != 200:
+            raise RunError(f"ComfyUI refused the workflow (HTTP {status}):\n{_format_refusal(body, prompt)}")
+        prompt_id = body["prompt_id"]
+        deadline = time.monotonic() + timeout
+        next_poll = 0.0
+        while time.monotonic() < deadline:
+            if ws is not None:
+                try:
+                    ws.settimeout(1.0)
+                    raw = ws.recv()
+                except Exception as e:  # timeout, or the socket went away: keep polling
+                    if type(e).__name__ not in ("WebSocketTimeoutException", "TimeoutError"):
+                        ws = None
+                    raw = None
+                if isinstance(raw, str):
+                    _on_message(json.loads(raw), prompt_id, progress)
+            else:
+                time.sleep(0.5)
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + 2.0
+                history = client.get_json(f"/history/{prompt_id}")
+                entry = history.get(prompt_id)
+                if entry and (entry.get("status", {}).get("completed") or
+                              entry.get("status", {}).get("status_str") in ("success", "error")):
+                    ok = entry["status"].get("status_str") == "success"
+                    progress.finished(ok)
+                    if not ok:
+                        raise RunError(f"the workflow failed:\n{_format_failure(entry)}")
+                    return entry
+        raise RunError(f"the workflow did not finish within {timeout:.0f} s (--timeout)")
+    finally:
+        if ws is not None:
+            ws.close()
+
+
+def _on_message(message: dict, prompt_id: str, progress: Progress) -> None:
+    data = message.get("data") or {}
+    if data.get("prompt_id") not in (None, prompt_id):
+        return
+    kind = message.get("type")
+    if kind == "execution_cached":
+        progress.cached(data.get("nodes") or [])
+    elif kind == "executing" and data.get("node") is not None:
+        progress.executing(data["node"])
+    elif kind == "progress":
+        progress.progress(data.get("node"), int(data.get("value", 0)), int(data.get("max", 1)))
+
+
+def _format_refusal(body, prompt: dict) -> str:
+    if not isinstance(body, dict):
+        return str(body)[:3000]
+    lines = []
+    error = body.get("error") or {}
+    if error:
+        lines.append(f"  {error.get('message', '')} {error.get('details', '')}".rstrip())
+    for node_id, info in (body.get("node_errors") or {}).items():
+        title = prompt.get(node_id, {}).get("_meta", {}).get("title", info.get("class_type"))
+        for err in info.get("errors", []):
+            lines.append(f"  node {node_id} ({title}): {err.get('message')}: {err.get('details')}")
+    return "\n".join(lines) or json.dumps(body)[:3000]
+
+
+def _format_failure(entry: dict) -> str:
+    for kind, data in entry.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return (f"  node {data.get('node_id')} ({data.get('node_type')}): "
+                    f"{data.get('exception_type')}: {data.get('exception_message')}")
+    return json.dumps(entry.get("status"), indent=1)[:3000]
+
+
+# ------------------------------------------------------------------------------ the inputs
+def find_pairs(folder: Path) -> dict[str, dict[str, Path]]:
+    """``{name: {role: path}}`` for every <name>_paint_sem.png with its three siblings."""
+    pairs = {}
+    for style_map in sorted(Path(folder).rglob("*_paint_sem.png")):
+        name = style_map.name[: -len("_paint_sem.png")]
+        base = style_map.parent
+        files = {"content": _first(base, name, ""), "style": _first(base, name, "_paint"),
+                 "content_map": base / f"{name}_sem.png", "style_map": style_map}
+        if all(p is not None and p.is_file() for p in files.values()):
+            pairs[name] = files
+    return pairs
+
+
+def _first(base: Path, name: str, suffix: str) -> Path | None:
+    for ext in (".jpg", ".jpeg", ".png", ".webp"):
+        p = base / f"{name}{suffix}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def image_roles(prompt: dict) -> dict[str, str]:
+    """``{role: node id}`` of the workflow's image loaders (by default file name, else title)."""
+    roles: dict[str, str] = {}
+    by_title = {}
+    for node_id, node in prompt.items():
+        if node.get("class_type") not in IMAGE_LOADERS:
+            continue
+        value = str(node.get("inputs", {}).get("image", ""))
+        for role, filename in ROLE_FILES.items():
+            if value == filename or value.endswith("/" + filename):
+                roles.setdefault(role, node_id)
+                break
+        else:
+            title = node.get("_meta", {}).get("title", "").lower()
+            is_map = "map" in title or "semantic" in title or node["class_type"] == "SCSALoadSemanticMap"
+            for side in ("content", "style"):
+                if side in title:
+                    by_title.setdefault(f"{side}_map" if is_map else side, node_id)
+    for role, node_id in by_title.items():
+        if role not in roles and node_id not in roles.values():
+            roles[role] = node_id
+    return roles
+
+
+def prepare_images(files: dict[str, Path], size: int | None) -> dict[str, bytes]:
+    """PNG bytes per role: the content scaled so its longer side is ``size`` (multiple of 8),
+    everything else resized to the content's size (maps with nearest-neighbour)."""
+    from PIL import Image, ImageOps
+    images = {}
+    for role, path in files.items():
+        try:
+            img = ImageOps.exif_transpose(Image.open(path))
+        except Exception as e:
+            raise RunError(f"--{role.replace('_', '-')}: cannot read {path}: {e}") from None
+        images[role] = img.convert("RGB")
+    target = None
+    if "content" in images:
+        w, h = images["content"].size
+        if size:
+            scale = size / max(w, h)
+            w, h = max(8, round(w * scale / 8) * 8), max(8, round(h * scale / 8) * 8)
+        target = (w, h)
+    out = {}
+    for role, img in images.items():
+        if target and img.size != target:
+            img = img.resize(target, Image.NEAREST if role.endswith("map") else Image.LANCZOS)
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        out[role] = buf.getvalue()
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def checkpoint_folders(models: Path | None, comfy_dir: Path) -> list[Path]:
+    folders = []
+    if models is not None:
+        folders += [models / "checkpoints", models]
+    folders.append(comfy_dir / "models" / "checkpoints")
+    return folders
+
+
+def checkpoints_in(folders: list[Path]) -> list[str]:
+    names = set()
+    for folder in folders:
+        if folder.is_dir():
+            for p in folder.rglob("*"):
+                if p.suffix.lower() in CKPT_EXTENSIONS and p.is_file():
+                    names.add(p.relative_to(folder).as_posix())
+    return sorted(names)
+
+
+def tiny_checkpoint(log) -> Path:
+    """The tests' tiny random-weight SD1.5 checkpoint (built once into .cache/models)."""
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    try:
+        import comfy_fixtures as cf
+    finally:
+        sys.path.remove(str(REPO_ROOT / "tests"))
+    path = cf.MODELS_CACHE / cf.tiny_checkpoint_name(with_clip=True, seed=0)
+    if path.is_file():
+        return path
+    log(f"building the tiny random-weight checkpoint {path} (once, ~1 min) ...")
+    code = ("import sys, tempfile; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+            "import comfy_fixtures as cf\nfrom scripts import comfyui_runtime as rt\n"
+            "cf.start_comfy(rt.comfyui_path(), tempfile.mkdtemp(prefix='scsa-tiny-'))\n"
+            "print(cf.write_tiny_checkpoint(with_clip=True, seed=0))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO_ROOT / "tests"), str(REPO_ROOT)],
+                          capture_output=True, text=True, cwd=str(REPO_ROOT))
+    if proc.returncode != 0 or not path.is_file():
+        raise RunError(f"could not build the tiny test checkpoint:\n{proc.stderr[-3000:]}")
+    return path
+
+
+# ------------------------------------------------------------------------------------ main
+def parse_args(argv):
+    ap = argparse.ArgumentParser(
+        prog="run_workflow.py", description="Run an SCSA/StyleID workflow headless (see the module docstring).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="With no arguments: the SCSA example workflow on pair 29 of ../shared/data/sem_pairs, on an "
+               "embedded ComfyUI.")
+    ap.add_argument("workflow", nargs="?", type=Path, help=f"UI or API workflow (default: {DEFAULT_WORKFLOW.relative_to(REPO_ROOT)})")
+    ap.add_argument("--workflow", dest="workflow_opt", type=Path, metavar="FILE", help="same as the positional WORKFLOW")
+    ap.add_argument("--server", metavar="URL", help="URL of a running ComfyUI with this pack (default: start one)")
+    ap.add_argument("--models", type=Path, metavar="DIR", help="models folder for the embedded server (checkpoints in it or in "
+                                               "its checkpoints/ sub-folder)")
+    ap.add_argument("--checkpoint", metavar="NAME", help="checkpoint name, as ComfyUI lists it (default: the workflow's)")
+    for role in ROLES:
+        ap.add_argument(f"--{role.replace('_', '-')}", type=Path, metavar="IMG", help=f"{role.replace('_', ' ')} image")
+    ap.add_argument("--pairs", type=Path, metavar="DIR", help="run every pair in this folder (<name>.jpg, <name>_paint.jpg, "
+                                              "<name>_sem.png, <name>_paint_sem.png)")
+    ap.add_argument("--swap", action="store_true", help="with --pairs: the painting is the content")
+    ap.add_argument("--size", type=int, metavar="PX", help="scale the content so its longer side is SIZE px (default: as is)")
+    ap.add_argument("--steps", type=int, metavar="N", help="DDIM steps of SCSAInvert (default: the workflow's, 50)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help="where results are copied (default: outputs/)")
+    ap.add_argument("--timeout", type=float, default=3600, metavar="S", help="seconds per prompt (default 3600)")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    a = ap.parse_args(argv)
+    if a.workflow and a.workflow_opt:
+        ap.error("give the workflow once (positional or --workflow)")
+    a.workflow = a.workflow or a.workflow_opt or DEFAULT_WORKFLOW
+    return a
+
+
+def plan_jobs(a, log) -> list[tuple[str, dict[str, Path]]]:
+    given = {role: getattr(a, role) for role in ROLES if getattr(a, role) is not None}
+    if a.pairs:
+        if given:
+            raise RunError("give either --pairs or single images (--content, ...), not both")
+        pairs = find_pairs(a.pairs)
+        if not pairs:
+            raise RunError(f"no pairs in {a.pairs}: expected <name>.jpg, <name>_paint.jpg, <name>_sem.png and "
+                           "<name>_paint_sem.png (in the folder or its sub-folders)")
+        jobs = []
+        for name, files in pairs.items():
+            if a.swap:
+                files = {"content": files["style"], "style": files["content"],
+                         "content_map": files["style_map"], "style_map": files["content_map"]}
+            jobs.append((name + ("_swapped" if a.swap else ""), files))
+        return jobs
+    if given:
+        for role, path in given.items():
+            if not path.is_file():
+                raise RunError(f"--{role.replace('_', '-')}: {path} does not exist")
+        return [(Path(given.get("content", next(iter(given.values())))).stem, given)]
+    folder = sem_pairs_dir() / DEFAULT_PAIR
+    pairs = find_pairs(folder) if folder.is_dir() else {}
+    if DEFAULT_PAIR not in pairs:
+        raise RunError(f"no images given and the example pair {folder} is not there. Pass your images: "
+                       "--content IMG --style IMG --content-map MAP --style-map MAP (or --pairs DIR).")
+    log(f"no images given: using the example pair {folder}")
+    return [(DEFAULT_PAIR, pairs[DEFAULT_PAIR])]
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    try:
+        return _main(a, log)
+    except (RunError, WorkflowError, rt.ComfyUINotFound) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _main(a, log) -> int:
+    started = time.monotonic()
+    if not a.workflow.is_file():
+        raise RunError(f"workflow {a.workflow} not found")
+    try:
+        workflow = json.loads(a.workflow.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise RunError(f"{a.workflow} is not JSON: {e}") from None
+    jobs = plan_jobs(a, log)
+
+    server = None
+    tmp_models = None
+    noise_warning = None
+    try:
+        if a.server:
+            client = Client(a.server)
+            try:
+                client.get_json("/system_stats", timeout=15)
+            except Exception as e:
+                raise RunError(f"no ComfyUI answers at {a.server} ({e}); start it, or leave out --server "
+                               "to run an embedded one") from None
+        else:
+            comfy_dir = rt.comfyui_path()
+            models = a.models.resolve() if a.models else None
+            if models is not None and not models.is_dir():
+                raise RunError(f"--models {models} is not a folder")
+            folders = checkpoint_folders(models, comfy_dir)
+            wanted = a.checkpoint or _workflow_checkpoint(workflow)
+            available = checkpoints_in(folders)
+            searched = ", ".join(str(f) for f in folders)
+            if wanted and wanted not in available:
+                if a.checkpoint:
+                    raise RunError(f"checkpoint {wanted!r} not found. Searched: {searched}. Found: "
+                                   f"{', '.join(available) or 'nothing'}. Put the file into one of these "
+                                   "folders (or pass --models DIR), or pick one of the found names.")
+                tiny = tiny_checkpoint(log)
+                tmp_models = Path(tempfile.mkdtemp(prefix="scsa-run-models-"))
+                (tmp_models / tiny.name).symlink_to(tiny)
+                models = tmp_models
+                a.checkpoint = tiny.name
+                noise_warning = (
+                    f"NO REAL CHECKPOINT: {wanted!r} is not in {searched}"
+                    + (f" (found: {', '.join(available)}; pass --checkpoint NAME to use one)" if available else "")
+                    + f".\nUsing the tiny RANDOM-WEIGHT test checkpoint {tiny.name}: the output is NOISE from "
+                    "random weights, it only shows that the pipeline runs.\nFor real results put an SD1.5 "
+                    f"checkpoint ({wanted}) into {folders[0]} (or pass --models DIR --checkpoint NAME).")
+                log("!" * 78 + "\n" + noise_warning + "\n" + "!" * 78)
+                if a.size is None:
+                    a.size = TINY_SIZE
+                    log(f"random weights: images scaled to {TINY_SIZE} px (pass --size to change)")
+                if a.steps is None:
+                    a.steps = TINY_STEPS
+                    log(f"random weights: {TINY_STEPS} steps (pass --steps to change)")
+            log(f"starting ComfyUI {rt.comfyui_version(comfy_dir)} from {comfy_dir} (headless, this pack only) ...")
+            server = rt.ComfyServer(models_dir=models, comfy_dir=comfy_dir)
+            server.start()
+            log(f"ComfyUI is up at {server.base_url} (log {server.log_path})")
+            client = Client(server.base_url)
+
+        defs = client.get_json("/object_info")
+        prompt = ui_to_api(workflow, defs) if is_ui_workflow(workflow) else workflow
+        if not isinstance(prompt, dict) or not all(isinstance(v, dict) and "class_type" in v for v in prompt.values()):
+            raise RunError(f"{a.workflow} is neither a UI workflow nor an API prompt")
+        _set_checkpoint(prompt, defs, a.checkpoint, a.server)
+        if a.steps is not None:
+            for node in prompt.values():
+                if node["class_type"] == "SCSAInvert":
+                    node["inputs"]["steps"] = a.steps
+        roles = image_roles(prompt)
+        a.out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for index, (name, files) in enumerate(jobs, 1):
+            unused = sorted(set(files) - set(roles))
+            if unused and not a.pairs:
+                log(f"note: this workflow has no {', '.join(unused)} input; ignoring it")
+            missing = [role for role in ROLES if role in roles and role not in files]
+            if missing:
+                raise RunError(f"the workflow needs {', '.join(missing)} too: pass "
+                               + " ".join(f"--{m.replace('_', '-')} IMG" for m in missing))
+            job_prompt = json.loads(json.dumps(prompt))
+            pngs = prepare_images({r: p for r, p in files.items() if r in roles}, a.size)
+            for role, data in pngs.items():
+                job_prompt[roles[role]]["inputs"]["image"] = client.upload_image(data, f"scsa_run_{name}_{role}.png")
+            for node in job_prompt.values():
+                if node["class_type"] == "SaveImage":
+                    node["inputs"]["filename_prefix"] = f"scsa_run/{a.workflow.stem}_{name}"
+            log(f"[{name}] running {a.workflow.name} ({index}/{len(jobs)})")
+            entry = run_prompt(client, job_prompt, Progress(name, job_prompt, a.quiet), a.timeout)
+            saved = [image for output in entry.get("outputs", {}).values()
+                     for image in output.get("images", []) if image.get("type") == "output"]
+            for k, image in enumerate(saved):
+                suffix = f"_{k + 1}" if len(saved) > 1 else ""
+                target = a.out / f"{a.workflow.stem}_{name}{suffix}.png"
+                target.write_bytes(client.view(image))
+                written.append(target)
+                log(f"[{name}] wrote {target}")
+        if not written:
+            raise RunError("the workflow produced no saved image (no SaveImage output)")
+        log(f"{len(written)} image(s) in {a.out} ({time.monotonic() - started:.0f} s)")
+        if noise_warning:
+            log("reminder: random test weights were used, the images are noise (see above).")
+        return 0
+    finally:
+        if server is not None:
+            server.cleanup()
+        if tmp_models is not None:
+            shutil.rmtree(tmp_models, ignore_errors=True)
+
+
+def _workflow_checkpoint(workflow: dict) -> str | None:
+    if is_ui_workflow(workflow):
+        for node in workflow["nodes"]:
+            if node.get("type") == "CheckpointLoaderSimple" and node.get("widgets_values"):
+                values = node["widgets_values"]
+                return values.get("ckpt_name") if isinstance(values, dict) else values[0]
+        return None
+    for node in workflow.values():
+        if isinstance(node, dict) and node.get("class_type") == "CheckpointLoaderSimple":
+            return node.get("inputs", {}).get("ckpt_name")
+    return None
+
+
+def _set_checkpoint(prompt: dict, defs: dict, name: str | None, server: str | None) -> None:
+    loaders = [n for n in prompt.values() if n["class_type"] == "CheckpointLoaderSimple"]
+    if not loaders:
+        return
+    spec = defs.get("CheckpointLoaderSimple", {}).get("input", {}).get("required", {}).get("ckpt_name", [[]])
+    available = spec[0] if isinstance(spec[0], list) else spec[1].get("options", [])
+    for node in loaders:
+        if name:
+            node["inputs"]["ckpt_name"] = name
+        wanted = node["inputs"].get("ckpt_name")
+        if wanted not in available:
+            where = f"the server at {server}" if server else "the embedded ComfyUI"
+            raise RunError(f"checkpoint {wanted!r} is not available on {where}. It has: "
+                           f"{', '.join(available) or 'no checkpoints at all'}. Put an SD1.5 checkpoint into "
+                           "its models/checkpoints folder, or pass --checkpoint NAME (one of those).")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""scripts/run_workflow.py (the headless runner) and the UI -> API converter behind it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import workflow_inputs as wi
+from scripts import make_workflows as mw
+from scripts import run_workflow as rw
+from scripts import workflow_format as wf
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUNNER = REPO_ROOT / "scripts" / "run_workflow.py"
+
+
+def run(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, **(env or {}))
+    full_env.pop("PYTHONPATH", None)
+    return subprocess.run([sys.executable, str(RUNNER), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=str(REPO_ROOT), env=full_env)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> dict[str, Path]:
+    return wi.write_pair_files(tmp_path_factory.mktemp("pair"), "p29")
+
+
+# ----------------------------------------------------------------------------- with a server
+def test_runs_a_ui_workflow_against_a_server(server, tiny_checkpoint, pair, tmp_path):
+    out = tmp_path / "out"
+    proc = run([str(mw.paths("scsa_sd15_color_maps")["ui"]), "--server", server,
+                "--checkpoint", tiny_checkpoint.name, "--content", str(pair["content"]),
+                "--style", str(pair["style"]), "--content-map", str(pair["content_map"]),
+                "--style-map", str(pair["style_map"]), "--steps", str(wi.STEPS), "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Invert Content & Style (SCSA)" in proc.stdout and f"step {wi.STEPS}/{wi.STEPS}" in proc.stdout, \
+        "no per-node progress shown"
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == ["scsa_sd15_color_maps_p29.png"]
+    wi.check_image(files[0])
+
+
+def test_batch_over_a_folder_of_pairs(server, tiny_checkpoint, tmp_path):
+    pairs = tmp_path / "pairs"
+    wi.write_pair_files(pairs / "a", "a", size=96)
+    wi.write_pair_files(pairs / "b", "b", size=96, synthetic=True)
+    out = tmp_path / "out"
+    proc = run([str(mw.paths("styleid_sd15")["api"]), "--server", server, "--checkpoint", tiny_checkpoint.name,
+                "--pairs", str(pairs), "--size", str(wi.SIZE), "--steps", "3", "--out", str(out), "--quiet"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == ["styleid_sd15_a.png", "styleid_sd15_b.png"]
+    for f in files:
+        wi.check_image(f, size=wi.SIZE)   # resized from 96 px by --size
+
+
+def test_explains_a_missing_checkpoint(server, pair, tmp_path, tiny_checkpoint):
+    proc = run(["--server", server, "--checkpoint", "no_such_model.safetensors", "--content", str(pair["content"]),
+                "--style", str(pair["style"]), "--content-map", str(pair["content_map"]),
+                "--style-map", str(pair["style_map"]), "--out", str(tmp_path)])
+    assert proc.returncode == 2
+    assert "no_such_model.safetensors" in proc.stderr and tiny_checkpoint.name in proc.stderr
+    assert "models/checkpoints" in proc.stderr and "--checkpoint" in proc.stderr
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_asks_for_missing_maps(server, pair, tmp_path, tiny_checkpoint):
+    proc = run(["--server", server, "--checkpoint", tiny_checkpoint.name, "--content", str(pair["content"]),
+                "--style", str(pair["style"]), "--out", str(tmp_path)])
+    assert proc.returncode == 2
+    assert "--content-map IMG --style-map IMG" in proc.stderr
+
+
+@pytest.mark.slow
+def test_no_arguments_runs_the_example_on_an_embedded_server(tiny_checkpoint, tmp_path):
+    """The README's main job, in short: no server, no checkpoint -> tiny random weights, said loudly."""
+    data = tmp_path / "sem_pairs"
+    wi.write_pair_files(data / "29", "29", size=wi.SIZE)
+    empty_models = tmp_path / "models"
+    empty_models.mkdir()
+    out = tmp_path / "out"
+    proc = run(["--models", str(empty_models), "--steps", "2", "--out", str(out)],
+               env={"SCSA_SEM_PAIRS_DIR": str(data)}, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert "RANDOM-WEIGHT" in proc.stdout and "NOISE" in proc.stdout
+    assert str(empty_models / "checkpoints") in proc.stdout, "the message must say which folder was searched"
+    assert "v1-5-pruned-emaonly.safetensors" in proc.stdout
+    files = list(out.glob("*.png"))
+    assert [f.name for f in files] == ["scsa_sd15_color_maps_29.png"]
+    wi.check_image(files[0], size=rw.TINY_SIZE)
+
+
+# ----------------------------------------------------------------------------- pure helpers
+def test_finds_pairs_and_image_roles(tmp_path):
+    wi.write_pair_files(tmp_path / "x" / "7", "7")
+    wi.write_pair_files(tmp_path / "y", "y")
+    (tmp_path / "y" / "lonely_paint_sem.png").write_bytes((tmp_path / "y" / "y_paint_sem.png").read_bytes())
+    pairs = rw.find_pairs(tmp_path)
+    assert sorted(pairs) == ["7", "y"]
+    assert pairs["7"]["style"] == tmp_path / "x" / "7" / "7_paint.jpg"
+    for name in wi.WORKFLOWS:
+        _, api = wi.committed(name)
+        roles = rw.image_roles(api)
+        assert {api[node]["inputs"]["image"] for node in roles.values()} == \
+               {mw.IMAGES[role] for role in roles}
+        assert set(roles) == ({"content", "style"} if name.startswith("styleid") else set(rw.ROLES))
+    titled = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}, "_meta": {"title": "Style image"}},
+              "2": {"class_type": "SCSALoadSemanticMap", "inputs": {"image": "b.png"}, "_meta": {"title": "Content"}}}
+    assert rw.image_roles(titled) == {"style": "1", "content_map": "2"}
+
+
+DEFS = {
+    "Loader": {"input": {"required": {"image": [["a.png", "b.png"], {"image_upload": True}]}},
+               "input_order": {"required": ["image"]}, "output": ["IMAGE"], "output_name": ["IMAGE"]},
+    "Noise": {"input": {"required": {"seed": ["INT", {"default": 0}], "mode": ["COMBO", {"options": ["x", "y"]}],
+                                     "image": ["IMAGE", {}]},
+                        "optional": {"strength": ["FLOAT", {"default": 0.5}]}},
+              "input_order": {"required": ["seed", "mode", "image"], "optional": ["strength"]},
+              "output": ["IMAGE"], "output_name": ["IMAGE"]},
+    "Save": {"input": {"required": {"images": ["IMAGE", {}], "prefix": ["STRING", {"default": "out"}]}},
+             "input_order": {"required": ["images", "prefix"]}, "output": [], "output_name": []},
+}
+
+
+def _graph(mode_of_noise: int = 0) -> dict:
+    g = wf.Graph("t")
+    load = g.add("Loader", (0, 0), image=wf.File("b.png"))
+    noise = g.add("Noise", (300, 0), seed=7, mode="y", image=load[0])
+    g.add("Save", (600, 0), images=noise[0], prefix="p")
+    g.note("hello", (0, 300))
+    ui = g.to_ui(DEFS)
+    ui["nodes"][1]["mode"] = mode_of_noise
+    return ui
+
+
+def test_widget_layout_follows_the_frontend_rules():
+    assert wf.widget_layout(DEFS["Loader"]) == [("image", "value"), ("image", "upload")]
+    assert wf.widget_layout(DEFS["Noise"]) == [("seed", "value"), ("seed", "control"), ("mode", "value"),
+                                               ("strength", "value")]
+    ui = _graph()
+    assert [n["widgets_values"] for n in ui["nodes"]] == [["b.png", "image"], [7, "fixed", "y", 0.5], ["p"], ["hello"]]
+    assert [i["name"] for i in ui["nodes"][1]["inputs"]] == ["image", "seed", "mode", "strength"]
+    assert ui["links"] == [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"]]
+
+
+def test_converter_handles_notes_bypass_mute_reroute_and_primitives():
+    assert wf.ui_to_api(_graph(), DEFS) == {
+        "1": {"inputs": {"image": "b.png"}, "class_type": "Loader", "_meta": {"title": "Loader"}},
+        "2": {"inputs": {"seed": 7, "mode": "y", "image": ["1", 0], "strength": 0.5}, "class_type": "Noise",
+              "_meta": {"title": "Noise"}},
+        "3": {"inputs": {"images": ["2", 0], "prefix": "p"}, "class_type": "Save", "_meta": {"title": "Save"}}}
+    bypassed = wf.ui_to_api(_graph(wf.MODE_BYPASS), DEFS)
+    assert "2" not in bypassed and bypassed["3"]["inputs"]["images"] == ["1", 0]
+    muted = wf.ui_to_api(_graph(wf.MODE_NEVER), DEFS)
+    assert "2" not in muted and "images" not in muted["3"]["inputs"]
+
+    ui = _graph()   # Loader -> Reroute -> Noise, and a primitive feeding Noise's seed
+    ui["nodes"].append({"id": 9, "type": "Reroute", "pos": [0, 0], "size": [75, 26], "mode": 0,
+                        "inputs": [{"name": "", "type": "*", "link": 1}],
+                        "outputs": [{"name": "", "type": "IMAGE", "links": [3]}]})
+    ui["nodes"].append({"id": 10, "type": "PrimitiveNode", "pos": [0, 0], "size": [75, 26], "mode": 0,
+                        "inputs": [], "outputs": [{"name": "INT", "type": "INT", "links": [4]}],
+                        "widgets_values": [123, "fixed"]})
+    ui["links"][0][3] = 9
+    ui["links"] += [[3, 9, 0, 2, 0, "IMAGE"], [4, 10, 0, 2, 1, "INT"]]
+    ui["nodes"][1]["inputs"][0]["link"] = 3
+    ui["nodes"][1]["inputs"][1]["link"] = 4
+    api = wf.ui_to_api(ui, DEFS)
+    assert api["2"]["inputs"]["image"] == ["1", 0] and api["2"]["inputs"]["seed"] == 123
+    assert set(api) == {"1", "2", "3"}
+
+
+def test_converter_names_the_node_when_widgets_do_not_fit():
+    ui = _graph()
+    ui["nodes"][1]["widgets_values"] = [7, "fixed", "y"]  # saved before "strength" existed
+    with pytest.raises(wf.WorkflowError, match=r"node 2 \(Noise\).*3 widget values.*inputs changed"):
+        wf.ui_to_api(ui, DEFS)
+    ui["nodes"][1]["widgets_values"] = {"seed": 7, "mode": "x", "strength": 0.25}   # by name
+    assert wf.ui_to_api(ui, DEFS)["2"]["inputs"] == {"seed": 7, "mode": "x", "image": ["1", 0], "strength": 0.25}
+    with pytest.raises(wf.WorkflowError, match="not installed"):
+        wf.ui_to_api({"nodes": [{"id": 1, "type": "Gone", "mode": 0}], "links": []}, DEFS)
+
+
+def test_generator_refuses_bad_graphs():
+    g = wf.Graph("bad")
+    g.add("Noise", (0, 0), mode="x", image=None)
+    with pytest.raises(wf.WorkflowError, match="image.*not connected"):
+        g.to_api(DEFS)
+    g = wf.Graph("bad")
+    load = g.add("Loader", (0, 0), image=wf.File("c.png"))
+    g.add("Noise", (0, 0), mode="z", image=load[0])
+    with pytest.raises(wf.WorkflowError, match="'z' is not one of"):
+        g.to_api(DEFS)
+    g = wf.Graph("bad")
+    g.add("Save", (0, 0), images=g.add("Loader", (0, 0), image=wf.File("c.png"))[0], colour=1)
+    with pytest.raises(wf.WorkflowError, match="no input"):
+        g.to_ui(DEFS)
