@@ -8,10 +8,11 @@ package itself needs nothing from ComfyUI (test runners import it while collecti
 async def comfy_entrypoint():
     from comfy_api.latest import ComfyExtension
 
+    from .nodes.mask_nodes import NODES as MASK_NODES
     from .nodes.scsa_nodes import NODES
 
     class SCSAExtension(ComfyExtension):
         async def get_node_list(self):
-            return NODES
+            return NODES + MASK_NODES
 
     return SCSAExtension()
