@@ -90,10 +90,15 @@ def _cond_rows(extra_options: dict, batch: int) -> slice:
 
 @dataclass
 class RecordRun:
-    """Inversion: plain attention, and every recorded block's input goes into ``bank``."""
+    """Inversion: plain attention, and every recorded block's input goes into ``bank``.
+
+    ``streams``: the bank streams of this batch's rows (None: all of them, in the bank's order),
+    so that images of different sizes can be inverted in separate batches into one bank.
+    """
     bank: FeatureBank
     blocks: frozenset
     current_t: int = -1
+    streams: tuple | None = None
 
     def set_step(self, t: int) -> None:
         self.current_t = t
@@ -103,7 +108,9 @@ class RecordRun:
 
     def middle(self, patch, x, attn_output, key, extra_options):
         block_input = x - attn_output
-        self.bank.record(self.current_t, key, block_input[_cond_rows(extra_options, x.shape[0])])
+        shape = extra_options.get("activations_shape")
+        self.bank.record(self.current_t, key, block_input[_cond_rows(extra_options, x.shape[0])],
+                         streams=self.streams, grid=None if shape is None else tuple(shape[-2:]))
         return x
 
 
@@ -121,13 +128,19 @@ class ApplySettings:
     styleid: StyleIDParams
 
 
-def grid_labels(semantics: SemanticLabels, params: SCSAParams, height: int, width: int):
-    """Content and style label maps at an ``height x width`` grid, resampled as the preset says.
+def grid_labels(semantics: SemanticLabels, params: SCSAParams, height: int, width: int,
+                style_size: tuple[int, int] | None = None):
+    """Content labels at an ``height x width`` grid and style labels at ``style_size`` (default:
+    the same grid), resampled as the preset says.
 
     ``official`` resizes the colour maps bilinearly and snaps to the palette (the official
     code's downsampling); ``default`` takes the majority label of each cell.
     """
-    return semantics.labels_at(height, width, "official" if params.preset == "official" else "majority")
+    mode = "official" if params.preset == "official" else "majority"
+    content, style = semantics.labels_at(height, width, mode)
+    if style_size is not None and tuple(style_size) != (height, width):
+        style = semantics.labels_at(int(style_size[0]), int(style_size[1]), mode)[1]
+    return content, style
 
 
 @dataclass
@@ -148,20 +161,34 @@ class InjectRun:
         self.current_t = t
         self._terms.clear()
 
-    def labels_at(self, height: int, width: int, device: torch.device):
-        """Content/style labels ``int64 [h*w]`` and their pairing at one token grid (cached)."""
-        if (height, width) not in self._labels:
-            content, style = grid_labels(self.settings.semantics, self.settings.params, height, width)
+    def labels_at(self, height: int, width: int, device: torch.device,
+                  style_size: tuple[int, int] | None = None):
+        """Content labels ``int64 [h*w]`` at the content grid, style labels at ``style_size``
+        (default: the same grid) and their pairing (cached)."""
+        style_size = (height, width) if style_size is None else tuple(style_size)
+        cache_key = (height, width) + style_size
+        if cache_key not in self._labels:
+            content, style = grid_labels(self.settings.semantics, self.settings.params, height, width,
+                                         style_size)
             content, style = content.flatten().to(device), style.flatten().to(device)
-            self._labels[(height, width)] = (content, style, pair_labels(content, style))
-        return self._labels[(height, width)]
+            self._labels[cache_key] = (content, style, pair_labels(content, style))
+        return self._labels[cache_key]
+
+    def style_grid(self, key, height: int, width: int, style_tokens: int) -> tuple[int, int]:
+        """The style's token grid at ``key``: as recorded, else the content grid."""
+        grid = self.bank.grid(key, "style") or (height, width)
+        if grid[0] * grid[1] != style_tokens:
+            raise ValueError(f"block {key}: the style features have {style_tokens} tokens, which is not "
+                             f"the {grid[0]} x {grid[1]} grid expected; re-run SCSAInvert")
+        return grid
 
     def _reference_terms(self, patch, key, q, extra_options) -> ReferenceTerms:
         if key not in self._terms:
             layers = patch.layers(key)
             refs = self.bank.references(self.current_t, key, q.dtype, q.device)
             height, width = extra_options["activations_shape"][-2:]
-            content_labels, style_labels, pairing = self.labels_at(height, width, q.device)
+            style_size = self.style_grid(key, height, width, refs.style.shape[1])
+            content_labels, style_labels, pairing = self.labels_at(height, width, q.device, style_size)
             self._terms[key] = reference_terms(
                 layers, refs, project_references(layers, refs), content_labels, style_labels,
                 pairing, extra_options["n_heads"], self.settings.params)
@@ -240,10 +267,17 @@ class AttentionPatch:
 
     def install(self, model_patcher, blocks) -> None:
         """Register on ``model_patcher`` (a clone) for every ``(name, number, index)`` in ``blocks``."""
-        for name, number, index in blocks:
-            model_patcher.set_model_attn1_replace(self.attn1_replace, name, number, index)
+        self.install_attention(model_patcher, blocks)
         model_patcher.set_model_attn1_output_patch(self.attn1_output)
         model_patcher.set_model_patch(self.middle, "middle_patch")
+
+    def install_attention(self, model_patcher, blocks) -> None:
+        """Only the attn1 replace, on ``blocks``. SCSAApply installs none (it cannot know the
+        blocks, and a replace on every block would shadow other packs' patches of blocks SCSA
+        never injects, e.g. SAG/PAG on the middle block); SCSAStyleSampler installs it on a
+        clone, on the blocks the inversion recorded."""
+        for name, number, index in blocks:
+            model_patcher.set_model_attn1_replace(self.attn1_replace, name, number, index)
 
 
 def find_patch(model_patcher) -> AttentionPatch | None:

@@ -36,7 +36,8 @@ from ..scsa_core.schedules import (TIMESTEP_MODES, ddim_invert, ddim_sample, inv
 from .injection import (ApplySettings, AttentionPatch, InjectRun, RecordRun, StyleIDParams,
                         attention_blocks, find_patch, grid_labels, remove_patches)
 from .sampling import alphas_cumprod, run_ddim
-from .validation import check_conditioning, inversion_batches, log_map_sizes, map_file_error
+from .validation import (check_conditioning, inversion_batches, log_map_sizes, map_file_error,
+                         name_the_maps)
 
 CATEGORY = "SCSA"
 Semantics = io.Custom("SCSA_SEMANTICS")
@@ -120,8 +121,8 @@ class SCSALoadSemanticMap(io.ComfyNode):
             inputs=[io.Combo.Input("image", options=_image_files(), upload=io.UploadType.image,
                                    tooltip="A semantic map in ComfyUI's input folder. Flat colours, "
                                            "one per region; anti-aliased edges and JPEG noise are tolerated.")],
-            outputs=[io.Image.Output("map", tooltip="The map as an IMAGE (exact colours)."),
-                     io.Image.Output("preview", tooltip="The regions found, one colour per label.")],
+            outputs=[io.Image.Output("map", display_name="map", tooltip="The map as an IMAGE (exact colours)."),
+                     io.Image.Output("preview", display_name="preview", tooltip="The regions found, one colour per label.")],
         )
 
     @classmethod
@@ -188,18 +189,25 @@ class SCSASemanticPair(io.ComfyNode):
                                         "e.g. '#00e600, #e6e600'. Their order breaks exact ties of the "
                                         "official preset's resampling. Leave empty to detect."),
             ],
-            outputs=[Semantics.Output("semantics"),
-                     io.Image.Output("preview", tooltip="Content map (left) and style map (right); "
+            outputs=[Semantics.Output("semantics", display_name="semantics"),
+                     io.Image.Output("preview", display_name="preview", tooltip="Content map (left) and style map (right); "
                                      "regions without a counterpart are hatched.")],
         )
 
     @classmethod
     def execute(cls, content_map, style_map, max_labels=64, min_region=0.02, merge_distance=24.0,
                 palette=""):
-        semantics = labels_from_color_maps(_image_to_rgb(content_map, "content_map"),
-                                           _image_to_rgb(style_map, "style_map"),
-                                           max_labels=max_labels, min_area_fraction=min_region / 100.0,
-                                           merge_distance=merge_distance, palette=parse_palette(palette))
+        maps = {"content_map": _image_to_rgb(content_map, "content_map"),
+                "style_map": _image_to_rgb(style_map, "style_map")}
+
+        def label_maps(content_rgb, style_rgb):
+            return labels_from_color_maps(content_rgb, style_rgb, max_labels=max_labels,
+                                          min_area_fraction=min_region / 100.0,
+                                          merge_distance=merge_distance, palette=parse_palette(palette))
+        try:
+            semantics = label_maps(maps["content_map"], maps["style_map"])
+        except ValueError as error:
+            raise name_the_maps(error, maps, label_maps) from None
         preview = pair_preview(semantics)
         return io.NodeOutput(semantics, preview, ui=ui.PreviewImage(preview, cls=cls))
 
@@ -216,7 +224,8 @@ class SCSASemanticFromMasks(io.ComfyNode):
                     io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01, optional=True,
                                    tooltip="A pixel belongs to the strongest mask at or above this value; "
                                            "pixels under every mask stay unlabelled.")],
-            outputs=[Semantics.Output("semantics"), io.Image.Output("preview")],
+            outputs=[Semantics.Output("semantics", display_name="semantics"),
+                     io.Image.Output("preview", display_name="preview")],
         )
 
     @classmethod
@@ -326,7 +335,8 @@ class SCSAInvert(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCSAInvert", display_name="Invert Content & Style (SCSA)", category=CATEGORY,
-            description="DDIM-inverts the content, style and semantic-map latents in one batch and records "
+            description="DDIM-inverts the content, style and semantic-map latents in one batch (two when "
+                        "content and style differ in size) and records "
                         "the self-attention features that SCSAStyleSampler injects. Connect the model "
                         "straight from Load Checkpoint (not from SCSAApply), so tweaking SCSAApply or the "
                         "sampler re-runs sampling only.",
@@ -334,7 +344,7 @@ class SCSAInvert(io.ComfyNode):
                 io.Model.Input("model", tooltip="The unpatched model (from Load Checkpoint / LoRA loaders)."),
                 io.Conditioning.Input("conditioning", tooltip="The empty prompt: CLIP Text Encode with no text."),
                 io.Latent.Input("content", tooltip="VAE-encoded content image."),
-                io.Latent.Input("style", tooltip="VAE-encoded style image (same size as the content)."),
+                io.Latent.Input("style", tooltip="VAE-encoded style image (any size; its map must match it)."),
                 io.Latent.Input("content_map", optional=True,
                                 tooltip="VAE-encoded content semantic map (the colour map image). Needed for SCSA."),
                 io.Latent.Input("style_map", optional=True,
@@ -345,7 +355,7 @@ class SCSAInvert(io.ComfyNode):
                                 tooltip='Where features are recorded and later injected. "auto": the decoder\'s '
                                         'two finest attention levels (SD1.x: output 6-11). Or e.g. "output 6-11".'),
             ],
-            outputs=[Inversion.Output("inversion")],
+            outputs=[Inversion.Output("inversion", display_name="inversion")],
         )
 
     @classmethod
@@ -420,7 +430,8 @@ class SCSAApply(io.ComfyNode):
                         "(without). The input model is not changed; with a stock KSampler the patched model "
                         "behaves exactly like the original.",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The model to patch (from Load Checkpoint or LoRA loaders). "
+                                                "Use the same base model as SCSAInvert."),
                 Semantics.Input("semantics", optional=True,
                                 tooltip="From SCSASemanticPair or SCSASemanticFromMasks. Without it: StyleID."),
                 io.Combo.Input("preset", options=list(PRESETS), default="default",
@@ -462,7 +473,8 @@ class SCSAApply(io.ComfyNode):
         keys = attention_blocks(patched.model.diffusion_model)
         if not keys:
             resolve_blocks(patched, "auto")  # raises the unsupported-family error
-        AttentionPatch(patched.model.diffusion_model, settings).install(patched, keys)
+        # Self-attention itself is replaced by SCSAStyleSampler, on the inverted blocks only.
+        AttentionPatch(patched.model.diffusion_model, settings).install(patched, ())
         return io.NodeOutput(patched)
 
 
@@ -508,7 +520,7 @@ class SCSAStyleSampler(io.ComfyNode):
                                tooltip="official: StyleID's schedule (skips the first step, as the papers "
                                        "did). aligned: starts at the first inverted step, one step more."),
             ],
-            outputs=[io.Latent.Output("latent")],
+            outputs=[io.Latent.Output("latent", display_name="latent")],
         )
 
     @classmethod
@@ -527,6 +539,8 @@ class SCSAStyleSampler(io.ComfyNode):
         start = initial_latent(inversion, settings, schedule.start_from, init)
         alphas = alphas_cumprod(model)
         run = InjectRun(inversion.bank, inversion.blocks, settings)
+        model = model.clone()
+        patch.install_attention(model, sorted(inversion.blocks))
 
         def loop(eps_fn, _):
             return ddim_sample(eps_fn, start.to(comfy.model_management.get_torch_device()), schedule, alphas)

@@ -1,9 +1,14 @@
 """Feature storage: the block inputs recorded by the inversions, read back during sampling.
 
 One entry per (timestep, block) holds the block input (before ``norm1``) of every inverted
-stream, stacked ``[S, N, C]`` in the order of ``streams``. Everything SCSA and StyleID need can
-be recomputed from these with the block's own layers (spec section 1), so the bank stores
-inputs, not projections: a quarter of the memory of q/k/v per stream.
+stream, one ``[1, N, C]`` tensor per stream. Everything SCSA and StyleID need can be recomputed
+from these with the block's own layers (spec section 1), so the bank stores inputs, not
+projections: a quarter of the memory of q/k/v per stream.
+
+Streams may be recorded together (one ``[S, N, C]`` batch) or in separate batches: the content
+side (content, content map) and the style side (style, style map) of images of different
+sizes have different token counts N at the same block. ``grid(block, stream)`` gives the
+``h x w`` token grid a stream was recorded at, when the recorder said so.
 """
 from __future__ import annotations
 
@@ -33,22 +38,46 @@ class FeatureBank:
             raise ValueError(f"streams must include content and style, from {STREAMS}; got {self.streams}")
         self.dtype = dtype
         self.device = torch.device(device)
-        self._entries: dict[tuple[int, Hashable], torch.Tensor] = {}
+        # (t, block) -> {stream: [1, N_stream, C]}
+        self._entries: dict[tuple[int, Hashable], dict[str, torch.Tensor]] = {}
+        self._grids: dict[tuple[Hashable, str], tuple[int, int]] = {}
 
-    def record(self, t: int, block: Hashable, block_inputs: torch.Tensor) -> None:
-        """Store ``block_inputs`` ``[S, N, C]`` (one row per stream) under ``(t, block)``."""
-        if block_inputs.shape[0] != len(self.streams):
-            raise ValueError(f"expected {len(self.streams)} streams, got batch {block_inputs.shape[0]}")
-        self._entries[(int(t), block)] = block_inputs.detach().to(self.device, self.dtype, copy=True)
+    def record(self, t: int, block: Hashable, block_inputs: torch.Tensor,
+               streams: Iterable[str] | None = None, grid: tuple[int, int] | None = None) -> None:
+        """Store ``block_inputs`` ``[S, N, C]`` (one row per stream) under ``(t, block)``.
+
+        ``streams``: the names of the rows (default: all of ``self.streams``, in order); streams
+        recorded in separate calls may have different ``N``. ``grid``: their ``(h, w)`` token grid.
+        """
+        names = self.streams if streams is None else tuple(streams)
+        if not set(names) <= set(self.streams):
+            raise ValueError(f"unknown streams {sorted(set(names) - set(self.streams))}; this bank "
+                             f"holds {self.streams}")
+        if block_inputs.shape[0] != len(names):
+            raise ValueError(f"expected {len(names)} streams, got batch {block_inputs.shape[0]}")
+        stored = block_inputs.detach().to(self.device, self.dtype, copy=True)
+        entry = self._entries.setdefault((int(t), block), {})
+        for row, name in enumerate(names):
+            entry[name] = stored[row:row + 1]
+            if grid is not None:
+                self._grids[(block, name)] = (int(grid[0]), int(grid[1]))
 
     def has(self, t: int, block: Hashable) -> bool:
-        return (int(t), block) in self._entries
+        """Every stream has been recorded at ``(t, block)``."""
+        return len(self._entries.get((int(t), block), ())) == len(self.streams)
+
+    def grid(self, block: Hashable, stream: str) -> tuple[int, int] | None:
+        """The ``(h, w)`` token grid ``stream`` was recorded at in ``block`` (None: not given)."""
+        return self._grids.get((block, stream))
 
     def references(self, t: int, block: Hashable, dtype: torch.dtype,
                    device: torch.device | str) -> ReferenceInputs:
         """The recorded inputs at ``(t, block)`` as :class:`ReferenceInputs` (``[1, N, C]`` each)."""
-        stacked = self._entries[(int(t), block)].to(device=device, dtype=dtype, non_blocking=True)
-        rows = {name: stacked[i:i + 1] for i, name in enumerate(self.streams)}
+        entry = self._entries[(int(t), block)]
+        missing = [name for name in self.streams if name not in entry]
+        if missing:
+            raise KeyError(f"streams {missing} were not recorded at t={t}, block {block}")
+        rows = {name: entry[name].to(device=device, dtype=dtype, non_blocking=True) for name in self.streams}
         return ReferenceInputs(content=rows["content"], style=rows["style"],
                                content_map=rows.get("content_map"), style_map=rows.get("style_map"))
 
@@ -62,7 +91,7 @@ class FeatureBank:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._entries.values())
+        return sum(x.numel() * x.element_size() for entry in self._entries.values() for x in entry.values())
 
     def __len__(self) -> int:
         return len(self._entries)

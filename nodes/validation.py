@@ -1,0 +1,124 @@
+"""Input checks of the SCSA nodes, run before any tensor work.
+
+Every bad input gets a ``ValueError`` that names the input, says what is wrong and how to fix
+it, instead of a shape error from deep inside torch. Inputs that are unusual but workable
+(a semantic map of another size than its image, ...) are accepted and explained in the log.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+__all__ = ["inversion_batches", "check_conditioning", "map_size_notes", "log_map_sizes", "map_file_error",
+           "name_the_maps"]
+
+log = logging.getLogger("scsa")
+
+CONTENT_SIDE = ("content", "content_map")
+STYLE_SIDE = ("style", "style_map")
+# What a semantic map latent must match: its own image.
+_IMAGE_OF = {"content_map": "content", "style_map": "style"}
+
+
+def _size(latent: torch.Tensor) -> tuple[int, int]:
+    return tuple(int(n) for n in latent.shape[-2:])
+
+
+def inversion_batches(latents: dict[str, torch.Tensor | None]) -> tuple[tuple[str, ...], ...]:
+    """The batches SCSAInvert inverts, after checking the latents against each other.
+
+    ``latents``: stream name -> ``[1, C, H, W]`` or None (maps not connected). Each semantic map
+    must have the size of its own image; content and style may differ in size. Returns one
+    batch of every connected stream (in ``latents``' order) when all sizes agree, else the
+    content side and the style side as two batches.
+    """
+    connected = {name: x for name, x in latents.items() if x is not None}
+    channels = connected["content"].shape[1]
+    for name, latent in connected.items():
+        if latent.shape[1] != channels:
+            raise ValueError(f"{name}: latent has {latent.shape[1]} channels but content has {channels}. "
+                             "Encode every image with the same VAE (the one of the model's checkpoint).")
+    for name, image in _IMAGE_OF.items():
+        if name in connected and _size(connected[name]) != _size(connected[image]):
+            raise ValueError(
+                f"{name}: latent is {_size(connected[name])} but {image} is {_size(connected[image])} "
+                f"(in latent pixels). A semantic map must have the size of its own image: resize the "
+                f"map to the {image} image's size before VAE Encode (e.g. 'Upscale Image' with "
+                "nearest-exact, which keeps its colours flat).")
+    if len({_size(x) for x in connected.values()}) == 1:
+        return (tuple(connected),)
+    return tuple(tuple(name for name in side if name in connected) for side in (CONTENT_SIDE, STYLE_SIDE))
+
+
+def check_conditioning(conditioning, name: str = "conditioning") -> None:
+    """The inversion conditioning: ComfyUI CONDITIONING whose prompts have a batch of one.
+
+    A batch of prompts would be spread over the inverted images (ComfyUI repeats a conditioning
+    batch to the latent batch), so each image would be inverted with another prompt.
+    """
+    if not isinstance(conditioning, (list, tuple)) or not conditioning:
+        raise ValueError(f"{name}: expected a CONDITIONING (e.g. CLIP Text Encode with an empty text), "
+                         f"got {type(conditioning).__name__}{' (empty)' if not conditioning else ''}")
+    for entry in conditioning:
+        tensor = entry[0] if isinstance(entry, (list, tuple)) and entry else None
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 3:
+            raise ValueError(f"{name}: expected a CONDITIONING (e.g. CLIP Text Encode with an empty text); "
+                             "one of its entries is not a [batch, tokens, channels] tensor")
+        if tensor.shape[0] != 1:
+            raise ValueError(
+                f"{name}: has a batch of {tensor.shape[0]} prompts; the inversion runs every image with "
+                "one prompt. Connect a single CLIP Text Encode with an empty text (the prompt StyleID "
+                "and SCSA use).")
+
+
+def map_size_notes(label_size: tuple[int, int], latent_size: tuple[int, int], what: str) -> str | None:
+    """A log line when a semantic map's labels (``label_size``, pixels) are not the size of the
+    image (``latent_size``, latent pixels): they are resampled to every attention grid."""
+    image = (latent_size[0] * 8, latent_size[1] * 8)
+    if tuple(label_size) == image:
+        return None
+    map_ratio, image_ratio = label_size[1] / label_size[0], image[1] / image[0]
+    note = (f"SCSA: the {what} semantic map is {label_size[1]}x{label_size[0]} px but the {what} image is "
+            f"about {image[1]}x{image[0]} px; its labels are resampled to each attention grid")
+    if abs(map_ratio / image_ratio - 1.0) > 0.02:
+        note += (f" and STRETCHED (aspect ratio {map_ratio:.2f} vs {image_ratio:.2f}): regions may not line "
+                 "up with the image; paint the map at the image's size")
+    return note + "."
+
+
+def log_map_sizes(semantics, content_latent: tuple, style_latent: tuple) -> list[str]:
+    """Log (and return) the notes of :func:`map_size_notes` for both maps of ``semantics``."""
+    notes = [map_size_notes(tuple(semantics.content.shape), tuple(content_latent[-2:]), "content"),
+             map_size_notes(tuple(semantics.style.shape), tuple(style_latent[-2:]), "style")]
+    notes = [note for note in notes if note]
+    for note in notes:
+        (log.warning if "STRETCHED" in note else log.info)(note)
+    return notes
+
+
+def map_file_error(filename: str, error: ValueError) -> ValueError:
+    """A semantic-map error raised while loading one file, re-worded for that file."""
+    message = str(error).replace("in the content map ", "in this map ")
+    return ValueError(f'semantic map "{filename}": {message}')
+
+
+def name_the_maps(error: ValueError, maps: dict, label_maps) -> ValueError:
+    """A "not a semantic colour map" error of a map pair, prefixed with the input(s) at fault.
+
+    Palette discovery looks at both maps together, so some of its errors cannot say which map
+    is a photo; labelling each map alone (``label_maps(rgb, rgb)``, only on this error path)
+    finds out. ``maps``: input name -> ``uint8 [H, W, 3]``.
+    """
+    if "does not look like a semantic colour map" not in str(error):
+        return error
+    faulty = {}
+    for name, rgb in maps.items():
+        try:
+            label_maps(rgb, rgb)
+        except ValueError as alone:
+            faulty[name] = str(alone).replace("in the content map ", "in this map ")
+    if not faulty:
+        return error
+    message = next(iter(faulty.values())) if len(faulty) == 1 else str(error)
+    return ValueError(f"{' and '.join(faulty)}: {message}")
