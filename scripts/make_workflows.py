@@ -34,6 +34,7 @@ OUT_DIR = REPO_ROOT / "example_workflows"
 API_DIR = OUT_DIR / "api"
 
 # What artists have, and what the tests/runner put into ComfyUI's input folder.
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 IMAGES = {"content": "scsa_content.png", "style": "scsa_style.png",
           "content_map": "scsa_content_map.png", "style_map": "scsa_style_map.png"}
@@ -48,12 +49,18 @@ NOTE_SCSA = """SCSA semantic style transfer (SD1.5)
 2. Content + style images, and a semantic map for each: flat colours, one per region; the same colour marks the same region in both maps (PNG).
 3. Queue. The preview of "Semantic Pair" shows the regions found (hatched = no counterpart in the other map).
 
-All four images must have the same size. Tweak Apply SCSA or the sampler and re-queue: the inversion is cached."""
+Each semantic map must have the size of its own image (content and style may differ). Tweak Apply SCSA or the sampler and re-queue: the inversion is cached."""
 
 NOTE_STYLEID = """StyleID style transfer (SD1.5), no semantic maps
 
 The same graph as SCSA, without semantics: Apply SCSA then runs StyleID (gamma, styleid_temperature).
-Content and style images must have the same size."""
+Content and style images may have different sizes."""
+
+NOTE_SDXL = """SCSA semantic style transfer (SDXL)
+
+The SD1.5 graph with an SDXL checkpoint: use images around 1024 px. Invert's blocks "auto" picks SDXL's finest attention level (output 3-5); type e.g. "output 0-5" to also inject in the deep layout blocks (several GB of features).
+
+Each semantic map must have the size of its own image. Tweak Apply SCSA or the sampler and re-queue: the inversion is cached."""
 
 NOTE_MASKS = """SCSA driven by masks
 
@@ -64,9 +71,9 @@ No colour map? Disconnect content_map / style_map from Invert and set Apply SCSA
 
 
 # ------------------------------------------------------------------------------- the graphs
-def _model_and_images(g: Graph, maps: str | None):
+def _model_and_images(g: Graph, maps: str | None, checkpoint: str = CHECKPOINT):
     """Load Checkpoint, empty prompt, content/style images and (optionally) the two maps."""
-    ckpt = g.add("CheckpointLoaderSimple", (40, 60), (320, 98), ckpt_name=File(CHECKPOINT))
+    ckpt = g.add("CheckpointLoaderSimple", (40, 60), (320, 98), ckpt_name=File(checkpoint))
     empty = g.add("CLIPTextEncode", (40, 210), (320, 110), title="Empty prompt", text="", clip=ckpt[1])
     content = g.add("LoadImage", (400, 60), (300, 330), title="Content image", image=File(IMAGES["content"]))
     style = g.add("LoadImage", (720, 60), (300, 330), title="Style image", image=File(IMAGES["style"]))
@@ -101,17 +108,18 @@ def _scsa_tail(g: Graph, ckpt, empty, latents: dict, semantics, x: float, prefix
     return invert, apply, sampler
 
 
-def scsa_color_maps() -> Graph:
-    g = Graph("scsa_sd15_color_maps", view=(0.75, (20.0, 20.0)))
-    ckpt, empty, content, style, content_map, style_map = _model_and_images(g, "color")
+def scsa_color_maps(name: str = "scsa_sd15_color_maps", checkpoint: str = CHECKPOINT,
+                    note: str = NOTE_SCSA, prefix: str = "scsa") -> Graph:
+    g = Graph(name, view=(0.75, (20.0, 20.0)))
+    ckpt, empty, content, style, content_map, style_map = _model_and_images(g, "color", checkpoint)
     latents = {"content": _encode(g, ckpt, content, (1060, 60), "Encode content"),
                "style": _encode(g, ckpt, style, (1060, 150), "Encode style"),
                "content_map": _encode(g, ckpt, content_map, (1060, 440), "Encode content map"),
                "style_map": _encode(g, ckpt, style_map, (1060, 530), "Encode style map")}
     pair = g.add("SCSASemanticPair", (1060, 640), (420, 360), content_map=content_map[0],
                  style_map=style_map[0])
-    _scsa_tail(g, ckpt, empty, latents, pair, 1520, "scsa")
-    g.note(NOTE_SCSA, (40, 380), (330, 390))
+    _scsa_tail(g, ckpt, empty, latents, pair, 1520, prefix)
+    g.note(note, (40, 380), (330, 390))
     g.group("Model", (20, -10, 360, 350))
     g.group("Images and semantic maps", (380, -10, 660, 800))
     g.group("SCSA", (1500, -10, 770, 760))
@@ -156,7 +164,12 @@ def scsa_masks() -> Graph:
     return g
 
 
-GRAPHS = {"scsa_sd15_color_maps": scsa_color_maps, "styleid_sd15": styleid, "scsa_sd15_masks": scsa_masks}
+def scsa_sdxl() -> Graph:
+    return scsa_color_maps("scsa_sdxl_color_maps", SDXL_CHECKPOINT, NOTE_SDXL, prefix="scsa_sdxl")
+
+
+GRAPHS = {"scsa_sd15_color_maps": scsa_color_maps, "styleid_sd15": styleid, "scsa_sd15_masks": scsa_masks,
+          "scsa_sdxl_color_maps": scsa_sdxl}
 
 
 # ----------------------------------------------------------------------------- rendering
