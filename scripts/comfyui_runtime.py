@@ -138,7 +138,36 @@ def write_extra_model_paths(yaml_path: Path, custom_nodes_dir: Path,
     return yaml_path
 
 
-class ComfyServer:
+class ComfyClient:
+    """JSON over ComfyUI's HTTP API (standard library only): the one client the tests and the
+    runner share."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url.rstrip("/")
+
+    def get(self, path: str, timeout: float = 60.0) -> bytes:
+        with urllib.request.urlopen(self.base_url + path, timeout=timeout) as r:
+            return r.read()
+
+    def get_json(self, path: str, timeout: float = 60.0):
+        return json.loads(self.get(path, timeout))
+
+    def post_json(self, path: str, body, timeout: float = 60.0):
+        """POST JSON; returns (status, parsed body). HTTP errors are returned, not raised."""
+        req = urllib.request.Request(self.base_url + path, data=json.dumps(body).encode("utf-8"),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            data = e.read()
+            try:
+                return e.code, json.loads(data)
+            except ValueError:
+                return e.code, data.decode("utf-8", "replace")
+
+
+class ComfyServer(ComfyClient):
     """A headless ComfyUI (``main.py --cpu``) in a subprocess, with this pack as its only custom node.
 
     Layout of the private temp dir: ``custom_nodes/scsa-style-transfer`` (a SYMLINK to the repo;
@@ -284,24 +313,6 @@ class ComfyServer:
             return self.log_path.read_text(encoding="utf-8", errors="replace")[-n_chars:]
         except OSError:
             return "<no log>"
-
-    def get_json(self, path: str, timeout: float = 60.0):
-        with urllib.request.urlopen(self.base_url + path, timeout=timeout) as r:
-            return json.loads(r.read())
-
-    def post_json(self, path: str, body, timeout: float = 60.0):
-        """POST JSON; returns (status, parsed body). HTTP errors are returned, not raised."""
-        req = urllib.request.Request(self.base_url + path, data=json.dumps(body).encode("utf-8"),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            data = e.read()
-            try:
-                return e.code, json.loads(data)
-            except ValueError:
-                return e.code, data.decode("utf-8", "replace")
 
     def queue_prompt(self, prompt: dict, client_id: str = "scsa-tests") -> str:
         """POST /prompt; returns the prompt_id or raises with ComfyUI's node_errors."""

@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -70,32 +69,12 @@ def sem_pairs_dir() -> Path:
 
 
 # ------------------------------------------------------------------------------------ HTTP
-class Client:
-    """The few ComfyUI endpoints the runner needs (standard library only)."""
+class Client(rt.ComfyClient):
+    """The runner's ComfyUI endpoints: the shared JSON client plus uploads, downloads, websocket."""
 
     def __init__(self, base_url: str):
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url)
         self.client_id = uuid.uuid4().hex
-
-    def get(self, path: str, timeout: float = 60) -> bytes:
-        with urllib.request.urlopen(self.base_url + path, timeout=timeout) as r:
-            return r.read()
-
-    def get_json(self, path: str, timeout: float = 60):
-        return json.loads(self.get(path, timeout))
-
-    def post_json(self, path: str, body) -> tuple[int, object]:
-        req = urllib.request.Request(self.base_url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            try:
-                return e.code, json.loads(raw)
-            except ValueError:
-                return e.code, raw.decode("utf-8", "replace")
 
     def upload_image(self, data: bytes, filename: str) -> str:
         """POST /upload/image (overwrite); returns the name to put into a loader's image input."""
