@@ -197,12 +197,15 @@ class InjectRun:
     def attn1(self, patch, q, k, v, extra_options):
         key = block_key(extra_options)
         if self.settings.semantics is None:
-            layers = patch.layers(key)
-            refs = self.bank.references(self.current_t, key, q.dtype, q.device)
-            content_query = layers.to_q(layers.norm1(refs.content))
-            style_normed = layers.norm1(refs.style)
-            return styleid_attention(q, content_query, layers.to_k(style_normed),
-                                     layers.to_v(style_normed), extra_options["n_heads"],
+            # The references' projections depend only on (t, block): once per step, like SCSA's.
+            if key not in self._terms:
+                layers = patch.layers(key)
+                refs = self.bank.references(self.current_t, key, q.dtype, q.device)
+                projections = project_references(layers, refs)
+                self._terms[key] = (layers.to_q(layers.norm1(refs.content)), projections.style_key,
+                                    projections.style_value)
+            content_query, style_key, style_value = self._terms[key]
+            return styleid_attention(q, content_query, style_key, style_value, extra_options["n_heads"],
                                      self.settings.styleid.gamma, self.settings.styleid.temperature)
         terms = self._reference_terms(patch, key, q, extra_options)
         return terms.sca.expand(q.shape[0], -1, -1)
