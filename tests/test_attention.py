@@ -43,7 +43,7 @@ def test_sca_equals_masked_softmax_and_puts_no_mass_on_other_labels(seed):
     query, key, value = _random(37, 29, batch=2, seed=seed)
     pairing = pair_labels(q_labels, k_labels)
     out = semantic_continuous_attention(query, key, value, pairing, HEADS, temperature=1.2)
-    expected, weights = _dense_sca(query, key, value, q_labels, k_labels, HEADS, 1.2)
+    expected, _ = _dense_sca(query, key, value, q_labels, k_labels, HEADS, 1.2)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     matched = (q_labels[:, None] == k_labels[None, :]).any(dim=1)
     # Changing the values of other-label keys cannot change a matched query's output.
