@@ -8,6 +8,8 @@ How it plugs into ComfyUI's ``BasicTransformerBlock.forward`` (all on a model *c
    lives for exactly one block call) so that step 3 can recover the block input.
 3. **middle** patch: sees ``x_t + to_out(...)``. Subtracting the stash gives the block input
    ``x_t`` (before ``norm1``), which inversion records and SSA needs; SSA's output is added here.
+   With recompute storage the references ride in the same batch as the sample, and the whole
+   injection happens here, once the references' block inputs are known.
 
 What a call does is decided by the run object a sampler puts in ``transformer_options``
 under :data:`RUN_KEY`: :class:`RecordRun` (inversion), :class:`InjectRun` (style sampling), or
@@ -16,7 +18,7 @@ by SCSAApply and sampled by a stock KSampler gives the unpatched result.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Hashable
 
 import torch
@@ -24,7 +26,7 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 
 from ..scsa_core.attention import pair_labels, styleid_attention
-from ..scsa_core.block import (BlockLayers, SCSAParams, ReferenceTerms, fuse, project_references,
+from ..scsa_core.block import (BlockLayers, SCSAParams, fuse, project_references,
                                reference_terms, ssa_output)
 from ..scsa_core.features import FeatureBank
 from ..scsa_core.labels import SemanticLabels
@@ -145,14 +147,19 @@ def grid_labels(semantics: SemanticLabels, params: SCSAParams, height: int, widt
 
 @dataclass
 class InjectRun:
-    """Style sampling: SCSA (with semantics) or StyleID injection from ``bank``.
+    """Style sampling: SCSA (with semantics) or StyleID injection.
 
-    Reference terms depend only on (t, block): they are computed once and shared by every batch
-    row and by cond/uncond passes, then dropped when the step changes.
+    The references come from ``bank`` and, with ``inline_streams`` (recompute storage), from the
+    sampling batch itself: each chunk of the batch is ``[sample rows..., one row per inline
+    stream]``, the reference rows run plain attention (as in inversion), and the middle patch
+    reads their block inputs and injects into the sample rows of the same call. Reference
+    terms depend only on (t, block): they are computed once and shared by every batch row and
+    by cond/uncond passes, then dropped when the step changes.
     """
     bank: FeatureBank
     blocks: frozenset
     settings: ApplySettings
+    inline_streams: tuple = ()
     current_t: int = -1
     _terms: dict = field(default_factory=dict)
     _labels: dict = field(default_factory=dict)
@@ -182,35 +189,59 @@ class InjectRun:
                              f"the {grid[0]} x {grid[1]} grid expected; re-run SCSAInvert")
         return grid
 
-    def _reference_terms(self, patch, key, q, extra_options) -> ReferenceTerms:
+    def _terms_at(self, patch, key, like: torch.Tensor, extra_options, given=None):
+        """What injection at ``key`` needs from the references at the current step (cached).
+
+        SCSA: :class:`ReferenceTerms`. StyleID: ``(content_query, style_key, style_value)``.
+        ``given``: block inputs of inline streams from the current call.
+        """
         if key not in self._terms:
             layers = patch.layers(key)
-            refs = self.bank.references(self.current_t, key, q.dtype, q.device)
-            height, width = extra_options["activations_shape"][-2:]
-            style_size = self.style_grid(key, height, width, refs.style.shape[1])
-            content_labels, style_labels, pairing = self.labels_at(height, width, q.device, style_size)
-            self._terms[key] = reference_terms(
-                layers, refs, project_references(layers, refs), content_labels, style_labels,
-                pairing, extra_options["n_heads"], self.settings.params)
-        return self._terms[key]
-
-    def attn1(self, patch, q, k, v, extra_options):
-        key = block_key(extra_options)
-        if self.settings.semantics is None:
-            # The references' projections depend only on (t, block): once per step, like SCSA's.
-            if key not in self._terms:
-                layers = patch.layers(key)
-                refs = self.bank.references(self.current_t, key, q.dtype, q.device)
-                projections = project_references(layers, refs)
+            refs = self.bank.references(self.current_t, key, like.dtype, like.device, given)
+            if self.settings.semantics is None:
+                projections = project_references(layers, replace(refs, content_map=None, style_map=None))
                 self._terms[key] = (layers.to_q(layers.norm1(refs.content)), projections.style_key,
                                     projections.style_value)
-            content_query, style_key, style_value = self._terms[key]
-            return styleid_attention(q, content_query, style_key, style_value, extra_options["n_heads"],
-                                     self.settings.styleid.gamma, self.settings.styleid.temperature)
-        terms = self._reference_terms(patch, key, q, extra_options)
+            else:
+                height, width = extra_options["activations_shape"][-2:]
+                style_size = self.style_grid(key, height, width, refs.style.shape[1])
+                content_labels, style_labels, pairing = self.labels_at(height, width, like.device, style_size)
+                self._terms[key] = reference_terms(
+                    layers, refs, project_references(layers, refs), content_labels, style_labels,
+                    pairing, extra_options["n_heads"], self.settings.params)
+        return self._terms[key]
+
+    def _styleid(self, query, terms, extra_options):
+        content_query, style_key, style_value = terms
+        return styleid_attention(query, content_query, style_key, style_value, extra_options["n_heads"],
+                                 self.settings.styleid.gamma, self.settings.styleid.temperature)
+
+    def _rows(self, batch: int, extra_options: dict) -> tuple[list[int], list[int]]:
+        """Sample rows and inline reference rows of the batch (each cond/uncond chunk ends with
+        one row per inline stream)."""
+        chunks = len(extra_options.get("cond_or_uncond") or [0])
+        per_chunk, references = batch // chunks, len(self.inline_streams)
+        sample = [c * per_chunk + i for c in range(chunks) for i in range(per_chunk - references)]
+        reference = [c * per_chunk + i for c in range(chunks) for i in range(per_chunk - references, per_chunk)]
+        return sample, reference
+
+    def attn1(self, patch, q, k, v, extra_options):
+        if self.inline_streams:
+            # Reference rows: plain attention, exactly as in inversion. Sample rows are
+            # injected in the middle patch, which is the first place their block input is known.
+            _, reference = self._rows(q.shape[0], extra_options)
+            rows = torch.tensor(reference, device=q.device)
+            out = q.new_zeros(q.shape[0], q.shape[1], v.shape[-1])
+            out[rows] = _plain_attention(q[rows], k[rows], v[rows], extra_options).to(out.dtype)
+            return out
+        terms = self._terms_at(patch, block_key(extra_options), q, extra_options)
+        if self.settings.semantics is None:
+            return self._styleid(q, terms, extra_options)
         return terms.sca.expand(q.shape[0], -1, -1)
 
     def middle(self, patch, x, attn_output, key, extra_options):
+        if self.inline_streams:
+            return self._inject_inline(patch, x, x - attn_output, key, extra_options)
         if self.settings.semantics is None:
             return x
         terms = self._terms[key]
@@ -219,6 +250,23 @@ class InjectRun:
         params = self.settings.params
         ssa = layers.to_out(ssa_output(layers, block_input, terms, extra_options["n_heads"], params))
         return fuse(block_input, attn_output, ssa, params)
+
+    def _inject_inline(self, patch, x, block_input, key, extra_options):
+        sample, reference = self._rows(x.shape[0], extra_options)
+        given = {name: block_input[row:row + 1] for name, row in zip(self.inline_streams, reference)}
+        terms = self._terms_at(patch, key, x, extra_options, given)
+        layers = patch.layers(key)
+        sample_input = block_input[sample]
+        if self.settings.semantics is None:
+            attention = self._styleid(layers.to_q(layers.norm1(sample_input)), terms, extra_options)
+            injected = sample_input + layers.to_out(attention)
+        else:
+            params = self.settings.params
+            ssa = ssa_output(layers, sample_input, terms, extra_options["n_heads"], params)
+            injected = fuse(sample_input, layers.to_out(terms.sca), layers.to_out(ssa), params)
+        out = x.clone()
+        out[sample] = injected.to(out.dtype)
+        return out
 
 
 class AttentionPatch:

@@ -33,30 +33,38 @@ def run_ddim(model_patcher, conditioning, latent: torch.Tensor, loop: Callable, 
     latent: ``[B, C, H, W]`` ComfyUI latent (unscaled; ComfyUI scales it). With
     ``scaled_input=False`` the loop ignores ``x`` and starts from latents it already holds in
     the model's scaled space, and ``latent`` only gives the shape.
-    ``run`` (a RecordRun or InjectRun) is handed to the attention patch through
-    ``transformer_options`` and told the timestep before each model call. ``eps_fn(x, t)``
-    takes and returns DDPM-form tensors. The progress bar advances once per model call, and
-    Cancel is honoured before each call.
+    ``run`` (a RecordRun or InjectRun, or None for no SCSA at all) is handed to the attention
+    patch through ``transformer_options`` and told the timestep before each model call.
+    ``eps_fn(x, t, other_run=None)`` takes and returns DDPM-form tensors of any batch size;
+    ``other_run`` replaces ``run`` for that one call (recompute storage records the references
+    of another size that way). The progress bar advances once per model call, and Cancel is
+    honoured before each call.
     """
     sigma_table = model_patcher.get_model_object("model_sampling").sigmas.detach()
     progress = comfy.utils.ProgressBar(total_steps)
     result = {}
 
     def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        extra_args = dict(extra_args or {})
-        model_options = dict(extra_args.get("model_options", {}))
-        transformer_options = dict(model_options.get("transformer_options", {}))
-        transformer_options[RUN_KEY] = run
-        model_options["transformer_options"] = transformer_options
-        extra_args["model_options"] = model_options
-        ones = x.new_ones([x.shape[0]])
+        def with_run(active_run):
+            args = dict(extra_args or {})
+            model_options = dict(args.get("model_options", {}))
+            transformer_options = dict(model_options.get("transformer_options", {}))
+            transformer_options[RUN_KEY] = active_run
+            model_options["transformer_options"] = transformer_options
+            args["model_options"] = model_options
+            return args
 
-        def eps_fn(x_ddpm: torch.Tensor, t: int) -> torch.Tensor:
+        run_args = with_run(run)
+
+        def eps_fn(x_ddpm: torch.Tensor, t: int, other_run=None) -> torch.Tensor:
             comfy.model_management.throw_exception_if_processing_interrupted()
+            active_run = run if other_run is None else other_run
+            if active_run is not None:
+                active_run.set_step(t)
             sigma = sigma_table[t].to(x_ddpm.device, torch.float32)
-            run.set_step(t)
             x_k = x_ddpm * torch.sqrt(1.0 + sigma ** 2)
-            denoised = model(x_k, sigma * ones, **extra_args)
+            args = run_args if other_run is None else with_run(other_run)
+            denoised = model(x_k, sigma * x_k.new_ones([x_k.shape[0]]), **args)
             progress.update(1)
             return (x_k - denoised) / sigma
 

@@ -12,6 +12,7 @@ settings re-runs sampling only: ComfyUI keeps the inversion in its cache.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import re
@@ -40,6 +41,7 @@ from .validation import (check_conditioning, inversion_batches, log_map_sizes, m
                          name_the_maps)
 
 CATEGORY = "SCSA"
+log = logging.getLogger("scsa")
 Semantics = io.Custom("SCSA_SEMANTICS")
 Inversion = io.Custom("SCSA_INVERSION")
 
@@ -49,20 +51,28 @@ INIT_MODES = ("auto", "semantic AdaIN", "AdaIN", "none")
 @dataclass(frozen=True)
 class SCSAInversion:
     """What SCSAInvert hands to SCSAStyleSampler (read-only once built)."""
-    bank: FeatureBank
-    trajectory: dict          # t -> [S, C, H, W] latents in the model's scaled space; when content
-                              # and style differ in size: t -> tuple of S [1, C, h, w] (latent_at)
-    streams: tuple            # names of the S rows, from scsa_core.features.STREAMS
+    bank: FeatureBank         # recorded block inputs; empty with recompute storage
+    trajectory: dict          # t -> {stream: [1, C, h, w]} latents in the model's scaled space
+    streams: tuple            # the inverted streams, from scsa_core.features.STREAMS
+    batches: tuple            # how the streams were batched (content side first when sizes differ)
     steps: int
     blocks: frozenset         # ComfyUI keys (name, number, index) where features were recorded
     conditioning: list        # the (empty-prompt) conditioning the inversion used
     latent_shape: tuple       # the content latent's shape
-    style_shape: tuple | None = None  # the style latent's shape (None: latent_shape)
+    style_shape: tuple        # the style latent's shape
+    storage: str = "memory"   # memory / offload (features in `bank`) or recompute (trajectory only)
 
     def latent_at(self, t: int, stream: str) -> torch.Tensor:
         """The inverted latent of ``stream`` at timestep ``t``: ``[1, C, h, w]``."""
-        latents, row = self.trajectory[t], self.streams.index(stream)
-        return latents[row:row + 1] if isinstance(latents, torch.Tensor) else latents[row]
+        return self.trajectory[t][stream]
+
+    def latents_at(self, t: int, streams) -> torch.Tensor:
+        """The inverted latents of ``streams`` (same size) at ``t``, stacked: ``[S, C, h, w]``."""
+        return torch.cat([self.trajectory[t][name] for name in streams])
+
+    @property
+    def trajectory_bytes(self) -> int:
+        return sum(x.numel() * x.element_size() for row in self.trajectory.values() for x in row.values())
 
 
 # ------------------------------------------------------------------------------ images/maps
@@ -321,13 +331,46 @@ def _latent(latent: dict | None, name: str) -> torch.Tensor | None:
     return samples
 
 
-def _bank_placement(model_patcher, bytes_needed: int) -> torch.device:
-    """The model's device when the bank fits there with room to spare, else CPU RAM."""
-    device = model_patcher.load_device
+STORAGE_MODES = ("auto", "memory", "offload", "recompute")
+
+
+def choose_storage(mode: str, model_patcher, bytes_needed: int) -> tuple[str, torch.device]:
+    """Where the recorded features go: ``(storage, device)``.
+
+    memory: the model's device; offload: CPU RAM; recompute: nothing is stored (the
+    trajectories are recomputed through at sampling time). auto: memory when the features take
+    under half the device memory left once the model is loaded, else offload when they take
+    under half the free RAM, else recompute.
+    """
+    device, cpu = model_patcher.load_device, torch.device("cpu")
+    free_ram = comfy.model_management.get_free_memory(cpu)
     if device.type == "cpu":
-        return device
-    free = comfy.model_management.get_free_memory(device)
-    return device if bytes_needed < 0.5 * free else torch.device("cpu")
+        free_device = free_ram
+    else:
+        weights_to_load = max(0, model_patcher.model_size() - model_patcher.loaded_size())
+        free_device = max(0, comfy.model_management.get_free_memory(device) - weights_to_load)
+    needed = f"{bytes_needed / 2 ** 30:.2f} GB"
+    if mode == "memory":
+        if bytes_needed > 0.9 * free_device:
+            raise ValueError(f"storage: 'memory' needs {needed} for the features on {device}, but only "
+                             f"{free_device / 2 ** 30:.2f} GB is free there. Choose 'offload' (CPU RAM), "
+                             "'recompute' (a few MB, slower sampling), 'auto', or fewer steps.")
+        return mode, device
+    if mode == "offload":
+        if bytes_needed > 0.9 * free_ram:
+            raise ValueError(f"storage: 'offload' needs {needed} of RAM for the features, but only "
+                             f"{free_ram / 2 ** 30:.2f} GB is free. Choose 'recompute' (a few MB, slower "
+                             "sampling), 'auto', or fewer steps.")
+        return mode, cpu
+    if mode == "recompute":
+        return mode, device
+    if mode != "auto":
+        raise ValueError(f"storage: must be one of {STORAGE_MODES}, got {mode!r}")
+    if bytes_needed < 0.5 * free_device:
+        return "memory", device
+    if device.type != "cpu" and bytes_needed < 0.5 * free_ram:
+        return "offload", cpu
+    return "recompute", device
 
 
 class SCSAInvert(io.ComfyNode):
@@ -354,12 +397,19 @@ class SCSAInvert(io.ComfyNode):
                 io.String.Input("blocks", default="auto",
                                 tooltip='Where features are recorded and later injected. "auto": the decoder\'s '
                                         'two finest attention levels (SD1.x: output 6-11). Or e.g. "output 6-11".'),
+                io.Combo.Input("storage", options=list(STORAGE_MODES), default="auto", optional=True,
+                               tooltip="Where the recorded features live (SD1.5, 512 px, 50 steps: about 2.2 GB "
+                                       "in fp16). memory: GPU, fastest. offload: CPU RAM. recompute: keeps only "
+                                       "the inverted latents (a few MB) and recomputes the features while "
+                                       "sampling, in the same batch (sampling costs about 5x). auto: memory if "
+                                       "it fits easily, else offload, else recompute."),
             ],
             outputs=[Inversion.Output("inversion", display_name="inversion")],
         )
 
     @classmethod
-    def execute(cls, model, conditioning, content, style, steps, blocks, content_map=None, style_map=None):
+    def execute(cls, model, conditioning, content, style, steps, blocks, content_map=None, style_map=None,
+                storage="auto"):
         latents = {"content": _latent(content, "content"), "style": _latent(style, "style"),
                    "content_map": _latent(content_map, "content_map"),
                    "style_map": _latent(style_map, "style_map")}
@@ -370,40 +420,36 @@ class SCSAInvert(io.ComfyNode):
         # (content and style may differ in size, each map must match its own image).
         batches = inversion_batches({name: latents[name] for name in streams})
         check_conditioning(conditioning)
-        shape, style_shape = latents["content"].shape, latents["style"].shape
         keys = resolve_blocks(model, blocks)
         recorder = model.clone()
         remove_patches(recorder)
-        patch = AttentionPatch(recorder.model.diffusion_model)
-        patch.install(recorder, sorted(keys))
 
         dtype = recorder.model.get_dtype()
         dtype = dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float16
         estimate = sum(_bank_bytes(recorder.model.diffusion_model, keys, len(batch), latents[batch[0]].shape,
                                    steps, dtype) for batch in batches)
-        bank = FeatureBank(streams, dtype=dtype, device=_bank_placement(recorder, estimate))
+        storage, device = choose_storage(storage, recorder, estimate)
+        log.info("SCSAInvert: %s storage on %s (features of %d steps: %.2f GB)", storage, device, steps,
+                 estimate / 2 ** 30)
+        recording = storage != "recompute"
+        bank = FeatureBank(streams if recording else (), dtype=dtype, device=device)
+        if recording:
+            AttentionPatch(recorder.model.diffusion_model).install(recorder, sorted(keys))
         alphas = alphas_cumprod(recorder)
         schedule = inversion_schedule(steps)
-        per_batch = []
+        trajectory: dict[int, dict[str, torch.Tensor]] = {}
         for batch in batches:
-            trajectory = {}
-
             def loop(eps_fn, x):
-                trajectory.update(ddim_invert(eps_fn, x, schedule, alphas))
+                for t, stacked in ddim_invert(eps_fn, x, schedule, alphas).items():
+                    rows = trajectory.setdefault(t, {})
+                    rows.update({name: stacked[row:row + 1].detach().to(device) for row, name in enumerate(batch)})
                 return x
 
-            stacked = torch.cat([latents[name] for name in batch])
-            run_ddim(recorder, conditioning, stacked, loop, RecordRun(bank, keys, streams=batch),
+            run = RecordRun(bank, keys, streams=batch) if recording else None
+            run_ddim(recorder, conditioning, torch.cat([latents[name] for name in batch]), loop, run,
                      total_steps=len(schedule))
-            per_batch.append({t: x.detach().to(bank.device) for t, x in trajectory.items()})
-        if len(batches) == 1:
-            trajectory = per_batch[0]
-        else:  # per stream, in the order of `streams`
-            rows = {name: (index, row) for index, batch in enumerate(batches) for row, name in enumerate(batch)}
-            trajectory = {t: tuple(per_batch[rows[name][0]][t][rows[name][1]:rows[name][1] + 1] for name in streams)
-                          for t in per_batch[0]}
-        return io.NodeOutput(SCSAInversion(bank, trajectory, streams, steps, keys, conditioning, tuple(shape),
-                                           tuple(style_shape)))
+        return io.NodeOutput(SCSAInversion(bank, trajectory, streams, batches, steps, keys, conditioning,
+                                           tuple(latents["content"].shape), tuple(latents["style"].shape), storage))
 
 
 def _bank_bytes(diffusion_model, keys, streams: int, latent_shape, steps: int, dtype) -> int:
@@ -534,20 +580,43 @@ class SCSAStyleSampler(io.ComfyNode):
             raise ValueError("inversion: SCSA with semantic_share > 0 needs the semantic map latents. Connect "
                              "content_map and style_map to SCSAInvert, or set semantic_share to 0.")
         if settings.semantics is not None:
-            log_map_sizes(settings.semantics, inversion.latent_shape, inversion.style_shape or inversion.latent_shape)
+            log_map_sizes(settings.semantics, inversion.latent_shape, inversion.style_shape)
         schedule = sampling_schedule(inversion.steps, timesteps)
         start = initial_latent(inversion, settings, schedule.start_from, init)
         alphas = alphas_cumprod(model)
-        run = InjectRun(inversion.bank, inversion.blocks, settings)
         model = model.clone()
         patch.install_attention(model, sorted(inversion.blocks))
+        device = comfy.model_management.get_torch_device()
+
+        if inversion.storage == "recompute":
+            # The content side rides in the sampling batch; a style side of another size is
+            # recorded into a one-step bank by its own call just before.
+            inline = inversion.batches[0]
+            others = inversion.batches[1:]
+            step_bank = FeatureBank(tuple(name for batch in others for name in batch),
+                                    dtype=inversion.bank.dtype, device=inversion.bank.device)
+            run = InjectRun(step_bank, inversion.blocks, settings, inline_streams=inline)
+
+            def eps_with_references(eps_fn, x, t):
+                step_bank.clear()
+                for batch in others:
+                    eps_fn(inversion.latents_at(t, batch).to(x), t, RecordRun(step_bank, inversion.blocks,
+                                                                              streams=batch))
+                return eps_fn(torch.cat([x, inversion.latents_at(t, inline).to(x)]), t)[:x.shape[0]]
+            calls_per_step = 1 + len(others)
+        else:
+            run = InjectRun(inversion.bank, inversion.blocks, settings)
+
+            def eps_with_references(eps_fn, x, t):
+                return eps_fn(x, t)
+            calls_per_step = 1
 
         def loop(eps_fn, _):
-            return ddim_sample(eps_fn, start.to(comfy.model_management.get_torch_device()), schedule, alphas)
+            return ddim_sample(lambda x, t: eps_with_references(eps_fn, x, t), start.to(device), schedule, alphas)
 
         shape = (1,) + tuple(inversion.latent_shape[1:])
         latent = run_ddim(model, inversion.conditioning, torch.zeros(shape), loop, run,
-                          total_steps=len(schedule.steps), scaled_input=False)
+                          total_steps=calls_per_step * len(schedule.steps), scaled_input=False)
         samples = model.model.process_latent_out(latent.to(torch.float32)).cpu()
         return io.NodeOutput({"samples": samples})
 

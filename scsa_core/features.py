@@ -9,6 +9,9 @@ Streams may be recorded together (one ``[S, N, C]`` batch) or in separate batche
 side (content, content map) and the style side (style, style map) of images of different
 sizes have different token counts N at the same block. ``grid(block, stream)`` gives the
 ``h x w`` token grid a stream was recorded at, when the recorder said so.
+
+A bank may also hold only some streams for one step (the ``recompute`` storage): the other
+streams then come from the sampling batch itself and are merged in by :meth:`references`.
 """
 from __future__ import annotations
 
@@ -34,8 +37,8 @@ class FeatureBank:
                  device: torch.device | str = "cpu"):
         self.streams = tuple(streams)
         unknown = set(self.streams) - set(STREAMS)
-        if unknown or len(set(self.streams)) != len(self.streams) or not {"content", "style"} <= set(self.streams):
-            raise ValueError(f"streams must include content and style, from {STREAMS}; got {self.streams}")
+        if unknown or len(set(self.streams)) != len(self.streams):
+            raise ValueError(f"streams must be distinct names from {STREAMS}; got {self.streams}")
         self.dtype = dtype
         self.device = torch.device(device)
         # (t, block) -> {stream: [1, N_stream, C]}
@@ -70,16 +73,27 @@ class FeatureBank:
         """The ``(h, w)`` token grid ``stream`` was recorded at in ``block`` (None: not given)."""
         return self._grids.get((block, stream))
 
-    def references(self, t: int, block: Hashable, dtype: torch.dtype,
-                   device: torch.device | str) -> ReferenceInputs:
-        """The recorded inputs at ``(t, block)`` as :class:`ReferenceInputs` (``[1, N, C]`` each)."""
-        entry = self._entries[(int(t), block)]
+    def references(self, t: int, block: Hashable, dtype: torch.dtype, device: torch.device | str,
+                   given: dict[str, torch.Tensor] | None = None) -> ReferenceInputs:
+        """The recorded inputs at ``(t, block)`` as :class:`ReferenceInputs` (``[1, N, C]`` each).
+
+        ``given``: block inputs of streams this bank does not hold, computed in the same model
+        call (recompute storage); they are used as they are.
+        """
+        entry = self._entries.get((int(t), block), {})
         missing = [name for name in self.streams if name not in entry]
         if missing:
             raise KeyError(f"streams {missing} were not recorded at t={t}, block {block}")
         rows = {name: entry[name].to(device=device, dtype=dtype, non_blocking=True) for name in self.streams}
+        rows.update(given or {})
+        if not {"content", "style"} <= set(rows):
+            raise KeyError(f"content and style are both needed; have {sorted(rows)} at t={t}, block {block}")
         return ReferenceInputs(content=rows["content"], style=rows["style"],
                                content_map=rows.get("content_map"), style_map=rows.get("style_map"))
+
+    def clear(self) -> None:
+        """Forget every entry (the grids stay: they depend on the image sizes only)."""
+        self._entries.clear()
 
     @property
     def timesteps(self) -> list[int]:

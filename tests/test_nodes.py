@@ -44,6 +44,8 @@ def images(comfy):
             names[role] = f"test_{role}.png"
     small = Image.open(os.path.join(input_dir, names["style"])).resize((SIZE, SIZE * 3 // 4))
     small.save(os.path.join(input_dir, "test_style_small.png"))
+    small_map = Image.open(os.path.join(input_dir, names["style_map"])).resize((SIZE, SIZE * 3 // 4), Image.NEAREST)
+    small_map.save(os.path.join(input_dir, "test_style_map_small.png"))
     return names
 
 
@@ -233,3 +235,72 @@ def test_block_parsing(comfy):
                                                                   ("output", 10), ("input", 4)]
     with pytest.raises(ValueError, match="cannot read"):
         scsa_nodes.parse_blocks("decoder everything")
+
+
+# ------------------------------------------------------------------------------ storage modes
+@pytest.mark.parametrize("semantics", [True, False], ids=["scsa", "styleid"])
+@pytest.mark.parametrize("style_size", ["same", "smaller"])
+def test_storage_modes_give_the_same_result(comfy, tiny_checkpoint, images, semantics, style_size):
+    """memory, offload and recompute inject the same features: recompute runs the references in
+    the sampling batch (same size) or records them one step ahead (a style of another size)."""
+    results = {}
+    for storage in ("memory", "offload", "recompute"):
+        prompt = scsa_prompt(tiny_checkpoint.name, images, semantics=semantics)
+        prompt["invert"]["inputs"]["storage"] = storage
+        if style_size == "smaller":
+            prompt["style"]["inputs"]["image"] = "test_style_small.png"
+            if semantics:
+                prompt["style_map"]["inputs"]["image"] = "test_style_map_small.png"
+        results[storage] = comfy.run_prompt(prompt)
+    memory, recompute = results["memory"], results["recompute"]
+    assert memory["invert"][0].storage == "memory" and memory["invert"][0].bank.nbytes > 0
+    # This machine's model device is the CPU, so offload keeps the same bytes in the same place.
+    assert torch.equal(_latent(results["offload"]), _latent(memory))
+    inversion = recompute["invert"][0]
+    assert inversion.storage == "recompute" and inversion.bank.nbytes == 0
+    assert inversion.trajectory_bytes == memory["invert"][0].trajectory_bytes
+    difference = ((_latent(recompute) - _latent(memory)).norm() / _latent(memory).norm()).item()
+    # Injection itself moves this latent by > 1e-3 (test_scsa_runs_...), so this also shows
+    # that recompute injects.
+    assert difference <= 1e-5, f"recompute differs from memory by {difference:.2e}"
+
+
+def test_storage_choice_by_free_memory(comfy, monkeypatch):
+    scsa_nodes = pack_module("nodes/scsa_nodes.py")
+    GB = 2 ** 30
+    free = {"cpu": 32 * GB, "cuda": 8 * GB}
+    monkeypatch.setattr(scsa_nodes.comfy.model_management, "get_free_memory",
+                        lambda device=None: free[torch.device(device).type])
+
+    class Patcher:
+        load_device = torch.device("cuda", 0)
+
+        def model_size(self):
+            return 2 * GB
+
+        def loaded_size(self):  # weights not on the GPU yet: they will take 2 of the 8 GB
+            return 0
+
+    gpu = Patcher()
+    assert scsa_nodes.choose_storage("auto", gpu, int(2.2 * GB)) == ("memory", gpu.load_device)
+    assert scsa_nodes.choose_storage("auto", gpu, 4 * GB) == ("offload", torch.device("cpu"))
+    assert scsa_nodes.choose_storage("auto", gpu, 20 * GB) == ("recompute", gpu.load_device)
+    assert scsa_nodes.choose_storage("recompute", gpu, 100 * GB) == ("recompute", gpu.load_device)
+    with pytest.raises(ValueError, match=r"storage: 'memory' needs 7.00 GB .* only 6.00 GB is free.*'offload'"):
+        scsa_nodes.choose_storage("memory", gpu, 7 * GB)
+    with pytest.raises(ValueError, match=r"storage: 'offload' needs 40.00 GB of RAM.*'recompute'"):
+        scsa_nodes.choose_storage("offload", gpu, 40 * GB)
+
+    cpu = Patcher()
+    cpu.load_device = torch.device("cpu")
+    free["cpu"] = 10 * GB
+    assert scsa_nodes.choose_storage("auto", cpu, 4 * GB) == ("memory", cpu.load_device)
+    assert scsa_nodes.choose_storage("auto", cpu, 6 * GB) == ("recompute", cpu.load_device)
+
+
+def test_inline_reference_rows_per_cond_chunk(comfy):
+    """With recompute storage each cond/uncond chunk ends with the reference rows."""
+    injection = pack_module("nodes/injection.py")
+    run = injection.InjectRun(bank=None, blocks=frozenset(), settings=None, inline_streams=("content", "style"))
+    assert run._rows(6, {"cond_or_uncond": [1, 0]}) == ([0, 3], [1, 2, 4, 5])
+    assert run._rows(3, {"cond_or_uncond": [0]}) == ([0], [1, 2])

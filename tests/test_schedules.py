@@ -65,5 +65,17 @@ def test_feature_bank_round_trip_and_validation():
     assert not torch.allclose(bank.references(21, ("output", 6, 0), torch.float32, "cpu").content, inputs[:1])
     with pytest.raises(ValueError, match="expected 2 streams"):
         bank.record(1, ("output", 6, 0), torch.randn(3, 6, 4))
-    with pytest.raises(ValueError, match="streams must include content and style"):
-        FeatureBank(("content",))
+    with pytest.raises(ValueError, match="distinct names"):
+        FeatureBank(("content", "content"))
+    # A partial bank (recompute storage) takes the other streams from the caller, and says
+    # what is missing when content or style comes from neither.
+    style_only = FeatureBank(("style",), dtype=torch.float32)
+    style_inputs = torch.randn(1, 6, 4)
+    style_only.record(21, ("output", 6, 0), style_inputs)
+    given = {"content": torch.zeros(1, 6, 4)}
+    merged = style_only.references(21, ("output", 6, 0), torch.float32, "cpu", given)
+    assert merged.content is given["content"] and torch.equal(merged.style, style_inputs)
+    with pytest.raises(KeyError, match="content and style are both needed"):
+        style_only.references(21, ("output", 6, 0), torch.float32, "cpu")
+    style_only.clear()
+    assert len(style_only) == 0
