@@ -1,15 +1,21 @@
-"""Benchmark: a whole SCSA run against a plain KSampler run, through ComfyUI in one process.
+"""Benchmark: whole SCSA runs against a plain KSampler run, and the feature memory of each storage.
 
     .venv/bin/python scripts/bench_pipeline.py [--steps 50] [--sizes 128 256] [--width 32]
+                                               [--storage memory recompute] [--memory-table]
 
-For each image size: a plain KSampler run (``steps`` DDIM steps, cfg 1, so one UNet evaluation
-per step like SCSA's sampling) and a whole SCSA run (SCSAInvert with all four inversions,
-SCSAApply, SCSAStyleSampler) on the same random SD1.5-structured UNet (``--width`` channels,
-SD1.5's block layout), alternating the two. Prints one JSON line per size with ``plain_s``,
-``scsa_s`` (medians), ``ratio`` (compute floor on a CPU: 5.0, four inversions plus one
-sampling pass) and ``bank_mb`` (the recorded features). A last line gives the feature-bank
-size of a real SD1.5 UNet at 512 x 512 for ``--steps`` steps, measured on a 2-step inversion
-of the full-size architecture (random weights) and scaled by steps.
+Timing: for each image size, a plain KSampler run (``steps`` DDIM steps, cfg 1, so one UNet
+evaluation per step like SCSA's sampling) and a whole SCSA run per storage mode (SCSAInvert with
+all four inversions, SCSAApply, SCSAStyleSampler) on the same random SD1.5-structured UNet
+(``--width`` channels, SD1.5's block layout), interleaved, in one process. One JSON line per
+size and storage: ``plain_s``, ``scsa_s`` (medians), ``ratio`` (compute floor on a CPU: 5.0 for
+memory/offload, four inversions plus one sampling pass; 9.0 for recompute, which also runs the
+four references at every sampling step), ``features_mb`` (what the inversion keeps: the feature
+bank, or the latent trajectories with recompute).
+
+``--memory-table``: the features each storage keeps for real SD1.5 and SDXL UNets (ComfyUI's
+own classes, built on the meta device, so no weights are allocated) at 256-1024 px, fp16 (the
+GPU dtype), from the pack's own estimate; then one check of that estimate against a 2-step
+inversion of a full-size random SD1.5 at 512 px (fp32 on a CPU).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -30,15 +37,17 @@ sys.path.insert(0, str(REPO))
 import comfy_fixtures as cf  # noqa: E402
 from scripts.comfyui_runtime import comfyui_path  # noqa: E402
 
+STREAMS = ("content", "style", "content_map", "style_map")
+MB = 2 ** 20
 
-def _conditioning():
-    return [[torch.zeros(1, 77, 768), {}]]
+
+def _conditioning(context: int = 768):
+    return [[torch.zeros(1, 77, context), {}]]
 
 
 def _latents(size: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return {name: {"samples": torch.randn(1, 4, size // 8, size // 8, generator=g)}
-            for name in ("content", "style", "content_map", "style_map")}
+    return {name: {"samples": torch.randn(1, 4, size // 8, size // 8, generator=g)} for name in STREAMS}
 
 
 def _semantics(labels_module, size: int):
@@ -54,72 +63,121 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
+def _features_bytes(inversion) -> int:
+    return inversion.bank.nbytes + inversion.trajectory_bytes
+
+
+def time_runs(scsa_nodes, labels, args) -> None:
+    import nodes
+    patcher = cf.build_tiny_sd15_patcher(seed=0, model_channels=args.width)
+    for size in args.sizes:
+        latents = _latents(size)
+        semantics = _semantics(labels, size)
+
+        def plain():
+            return nodes.common_ksampler(patcher, 0, args.steps, 1.0, "ddim", "ddim_uniform",
+                                         _conditioning(), _conditioning(), latents["content"])
+
+        def scsa(storage):
+            inversion = scsa_nodes.SCSAInvert.execute(model=patcher, conditioning=_conditioning(), steps=args.steps,
+                                                      blocks="auto", storage=storage, **latents).result[0]
+            model = scsa_nodes.SCSAApply.execute(model=patcher, semantics=semantics, preset="default",
+                                                 sca_weight=0.8, ssa_weight=0.2, semantic_share=0.3,
+                                                 content_share=0.5, temperature=1.2, gamma=0.75).result[0]
+            scsa_nodes.SCSAStyleSampler.execute(model=model, inversion=inversion, init="auto", timesteps="official")
+            return inversion
+
+        plain()  # warm-up: model load, kernels
+        times = {"plain": [], **{storage: [] for storage in args.storage}}
+        features = {}
+        for _ in range(args.repeats):
+            times["plain"].append(_timed(plain)[1])
+            for storage in args.storage:
+                inversion, seconds = _timed(lambda: scsa(storage))
+                times[storage].append(seconds)
+                features[storage] = _features_bytes(inversion)
+                del inversion
+        plain_s = statistics.median(times["plain"])
+        for storage in args.storage:
+            scsa_s = statistics.median(times[storage])
+            print(json.dumps({"size": size, "steps": args.steps, "width": args.width, "storage": storage,
+                              "threads": torch.get_num_threads(), "plain_s": round(plain_s, 2),
+                              "scsa_s": round(scsa_s, 2), "ratio": round(scsa_s / plain_s, 2),
+                              "features_mb": round(features[storage] / MB, 2)}), flush=True)
+
+
+def _meta_unet(family: str):
+    """A full-size SD1.5 or SDXL UNet on the meta device (structure only, no weights)."""
+    import comfy.ops
+    import comfy.supported_models as sm
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    common = dict(in_channels=4, out_channels=4, model_channels=320, use_checkpoint=False, image_size=32,
+                  use_spatial_transformer=True, legacy=False, use_temporal_attention=False,
+                  use_temporal_resblock=False)
+    if family == "SD1.5":
+        config = dict(cf.sd15_unet_config(model_channels=320), num_heads=8)
+    else:
+        config = dict(common, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4], use_linear_in_transformer=True,
+                      transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+                      transformer_depth_middle=10, context_dim=2048, adm_in_channels=2816,
+                      num_classes="sequential", num_head_channels=64)
+        assert sm.SDXL.unet_config["transformer_depth"] == [0, 0, 2, 2, 10, 10]  # ComfyUI's SDXL layout
+    return UNetModel(**config, device="meta", operations=comfy.ops.disable_weight_init)
+
+
+def memory_table(scsa_nodes, args) -> None:
+    for family in ("SD1.5", "SDXL"):
+        unet = _meta_unet(family)
+        patcher = SimpleNamespace(model=SimpleNamespace(diffusion_model=unet))
+        keys = scsa_nodes.resolve_blocks(patcher, "auto")
+        for size in (256, 512, 768, 1024):
+            latent_shape = (1, 4, size // 8, size // 8)
+            bank = scsa_nodes._bank_bytes(unet, keys, len(STREAMS), latent_shape, args.steps, torch.float16)
+            # The trajectories: every stream's latent at each inverted t and at 999, in fp32.
+            trajectory = len(STREAMS) * (args.steps + 1) * 4 * (size // 8) ** 2 * 4
+            print(json.dumps({"model": family, "size": size, "steps": args.steps, "blocks": len(keys),
+                              "memory_or_offload_mb_fp16": round(bank / MB, 1),
+                              "recompute_mb": round(trajectory / MB, 1)}), flush=True)
+
+    # The estimate against what a full-size random SD1.5 records in a 2-step inversion.
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    full = cf.build_sd15_model(cf.sd15_unet_config(model_channels=320), seed=0)
+    sd15 = comfy.model_patcher.ModelPatcher(full, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+    latents = _latents(512)
+    for storage in ("memory", "recompute"):
+        inversion = scsa_nodes.SCSAInvert.execute(model=sd15, conditioning=_conditioning(), steps=2, blocks="auto",
+                                                  storage=storage, **latents).result[0]
+        estimate = scsa_nodes._bank_bytes(full.diffusion_model, inversion.blocks, len(STREAMS),
+                                          (1, 4, 64, 64), 2, inversion.bank.dtype)
+        print(json.dumps({"check": "SD1.5 512 px, 2-step inversion", "storage": storage,
+                          "dtype": str(inversion.bank.dtype), "bank_mb": round(inversion.bank.nbytes / MB, 1),
+                          "estimate_mb": round(estimate / MB, 1) if storage == "memory" else 0.0,
+                          "trajectory_mb": round(inversion.trajectory_bytes / MB, 2)}), flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[128, 256])
     parser.add_argument("--width", type=int, default=32, help="UNet model_channels (SD1.5: 320)")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--skip-sd15-memory", action="store_true")
+    parser.add_argument("--storage", nargs="+", default=["memory", "recompute"],
+                        choices=["memory", "offload", "recompute"])
+    parser.add_argument("--memory-table", action="store_true")
     args = parser.parse_args(argv)
 
     runtime = cf.start_comfy(comfyui_path(), Path(tempfile.mkdtemp(prefix="scsa_bench_")))
     runtime.load_pack(REPO)
-    import comfy.sample
-    import nodes
     from pack import pack_module
     scsa_nodes = pack_module("nodes/scsa_nodes.py")
     labels = pack_module("scsa_core/labels.py")
-
-    patcher = cf.build_tiny_sd15_patcher(seed=0, model_channels=args.width)
     with torch.inference_mode():
-        for size in args.sizes:
-            latents = _latents(size)
-            semantics = _semantics(labels, size)
-
-            def plain():
-                return nodes.common_ksampler(patcher, 0, args.steps, 1.0, "ddim", "ddim_uniform",
-                                             _conditioning(), _conditioning(), latents["content"])
-
-            def scsa():
-                inversion = scsa_nodes.SCSAInvert.execute(model=patcher, conditioning=_conditioning(),
-                                                          steps=args.steps, blocks="auto", **latents).result[0]
-                model = scsa_nodes.SCSAApply.execute(model=patcher, semantics=semantics, preset="default",
-                                                     sca_weight=0.8, ssa_weight=0.2, semantic_share=0.3,
-                                                     content_share=0.5, temperature=1.2, gamma=0.75).result[0]
-                scsa_nodes.SCSAStyleSampler.execute(model=model, inversion=inversion, init="auto",
-                                                    timesteps="official")
-                return inversion
-
-            plain()  # warm-up: model load, kernels
-            plain_times, scsa_times = [], []
-            for _ in range(args.repeats):
-                plain_times.append(_timed(plain)[1])
-                inversion, seconds = _timed(scsa)
-                scsa_times.append(seconds)
-            plain_s, scsa_s = statistics.median(plain_times), statistics.median(scsa_times)
-            print(json.dumps({"size": size, "steps": args.steps, "width": args.width,
-                              "threads": torch.get_num_threads(), "plain_s": round(plain_s, 2),
-                              "scsa_s": round(scsa_s, 2), "ratio": round(scsa_s / plain_s, 2),
-                              "bank_mb": round(inversion.bank.nbytes / 2 ** 20, 1)}), flush=True)
-            del inversion
-
-        if not args.skip_sd15_memory:
-            full = cf.build_sd15_model(cf.sd15_unet_config(model_channels=320), seed=0)
-            import comfy.model_management as mm
-            import comfy.model_patcher
-            sd15 = comfy.model_patcher.ModelPatcher(full, load_device=mm.get_torch_device(),
-                                                    offload_device=mm.unet_offload_device())
-            latents = _latents(512)
-            inversion, seconds = _timed(lambda: scsa_nodes.SCSAInvert.execute(
-                model=sd15, conditioning=_conditioning(), steps=2, blocks="auto", **latents).result[0])
-            per_step = inversion.bank.nbytes / 2
-            print(json.dumps({"model": "SD1.5 layout, 512 px", "blocks": sorted(map(list, inversion.blocks)),
-                              "bank_dtype": str(inversion.bank.dtype), "bank_mb_per_step": round(per_step / 2 ** 20, 1),
-                              "bank_mb": round(per_step * args.steps / 2 ** 20, 1), "steps": args.steps,
-                              "trajectory_mb": round(sum(t.numel() * t.element_size() for t in
-                                                         inversion.trajectory.values()) / 2 * args.steps / 2 ** 20, 1)}),
-                  flush=True)
+        if args.sizes:
+            time_runs(scsa_nodes, labels, args)
+        if args.memory_table:
+            memory_table(scsa_nodes, args)
 
 
 if __name__ == "__main__":

@@ -82,13 +82,22 @@ def test_family_auto_blocks_and_full_run(family, comfy):
         inversion = scsa_nodes.SCSAInvert.execute(
             model=patcher, conditioning=_conditioning(family), steps=3, blocks="auto", **latents).result[0]
         assert {key for _, key in inversion.bank._entries} == blocks
-        outputs = {}
+        outputs, models = {}, {}
         for mode, kwargs in (("scsa", {"semantics": semantics}), ("styleid", {})):
-            model = scsa_nodes.SCSAApply.execute(
+            models[mode] = scsa_nodes.SCSAApply.execute(
                 model=patcher, preset="default", sca_weight=0.8, ssa_weight=0.2, semantic_share=0.3,
                 content_share=0.5, temperature=1.2, gamma=0.75, **kwargs).result[0]
             outputs[mode] = scsa_nodes.SCSAStyleSampler.execute(
-                model=model, inversion=inversion, init="auto", timesteps="aligned").result[0]["samples"]
+                model=models[mode], inversion=inversion, init="auto", timesteps="aligned").result[0]["samples"]
+        # recompute storage (references in the sampling batch) injects the same features
+        recompute = scsa_nodes.SCSAInvert.execute(
+            model=patcher, conditioning=_conditioning(family), steps=3, blocks="auto", storage="recompute",
+            **latents).result[0]
+        assert recompute.bank.nbytes == 0
+        recomputed = scsa_nodes.SCSAStyleSampler.execute(
+            model=models["scsa"], inversion=recompute, init="auto", timesteps="aligned").result[0]["samples"]
     for latent in outputs.values():
         assert latent.shape == LATENT and torch.isfinite(latent).all() and latent.std() > 0
     assert not torch.allclose(outputs["scsa"], outputs["styleid"])
+    difference = ((recomputed - outputs["scsa"]).norm() / outputs["scsa"].norm()).item()
+    assert difference <= 1e-5, f"recompute differs from memory storage by {difference:.2e}"
