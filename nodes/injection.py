@@ -216,23 +216,21 @@ class InjectRun:
         return styleid_attention(query, content_query, style_key, style_value, extra_options["n_heads"],
                                  self.settings.styleid.gamma, self.settings.styleid.temperature)
 
-    def _rows(self, batch: int, extra_options: dict) -> tuple[list[int], list[int]]:
-        """Sample rows and inline reference rows of the batch (each cond/uncond chunk ends with
-        one row per inline stream)."""
+    def _chunks(self, batch: int, extra_options: dict) -> list[tuple[slice, slice]]:
+        """``(sample rows, reference rows)`` of each cond/uncond chunk of the batch: a chunk ends
+        with one row per inline stream."""
         chunks = len(extra_options.get("cond_or_uncond") or [0])
         per_chunk, references = batch // chunks, len(self.inline_streams)
-        sample = [c * per_chunk + i for c in range(chunks) for i in range(per_chunk - references)]
-        reference = [c * per_chunk + i for c in range(chunks) for i in range(per_chunk - references, per_chunk)]
-        return sample, reference
+        return [(slice(start, start + per_chunk - references), slice(start + per_chunk - references, start + per_chunk))
+                for start in range(0, batch, per_chunk)]
 
     def attn1(self, patch, q, k, v, extra_options):
         if self.inline_streams:
             # Reference rows: plain attention, exactly as in inversion. Sample rows are
             # injected in the middle patch, which is the first place their block input is known.
-            _, reference = self._rows(q.shape[0], extra_options)
-            rows = torch.tensor(reference, device=q.device)
             out = q.new_zeros(q.shape[0], q.shape[1], v.shape[-1])
-            out[rows] = _plain_attention(q[rows], k[rows], v[rows], extra_options).to(out.dtype)
+            for _, rows in self._chunks(q.shape[0], extra_options):
+                out[rows] = _plain_attention(q[rows], k[rows], v[rows], extra_options).to(out.dtype)
             return out
         terms = self._terms_at(patch, block_key(extra_options), q, extra_options)
         if self.settings.semantics is None:
@@ -252,20 +250,22 @@ class InjectRun:
         return fuse(block_input, attn_output, ssa, params)
 
     def _inject_inline(self, patch, x, block_input, key, extra_options):
-        sample, reference = self._rows(x.shape[0], extra_options)
-        given = {name: block_input[row:row + 1] for name, row in zip(self.inline_streams, reference)}
+        chunks = self._chunks(x.shape[0], extra_options)
+        first_references = block_input[chunks[0][1]]
+        given = {name: first_references[row:row + 1] for row, name in enumerate(self.inline_streams)}
         terms = self._terms_at(patch, key, x, extra_options, given)
         layers = patch.layers(key)
-        sample_input = block_input[sample]
-        if self.settings.semantics is None:
-            attention = self._styleid(layers.to_q(layers.norm1(sample_input)), terms, extra_options)
-            injected = sample_input + layers.to_out(attention)
-        else:
-            params = self.settings.params
-            ssa = ssa_output(layers, sample_input, terms, extra_options["n_heads"], params)
-            injected = fuse(sample_input, layers.to_out(terms.sca), layers.to_out(ssa), params)
         out = x.clone()
-        out[sample] = injected.to(out.dtype)
+        for rows, _ in chunks:
+            sample_input = block_input[rows]
+            if self.settings.semantics is None:
+                attention = self._styleid(layers.to_q(layers.norm1(sample_input)), terms, extra_options)
+                injected = sample_input + layers.to_out(attention)
+            else:
+                params = self.settings.params
+                ssa = ssa_output(layers, sample_input, terms, extra_options["n_heads"], params)
+                injected = fuse(sample_input, layers.to_out(terms.sca), layers.to_out(ssa), params)
+            out[rows] = injected.to(out.dtype)
         return out
 
 

@@ -593,28 +593,30 @@ class SCSAStyleSampler(io.ComfyNode):
             # recorded into a one-step bank by its own call just before.
             inline = inversion.batches[0]
             others = inversion.batches[1:]
-            step_bank = FeatureBank(tuple(name for batch in others for name in batch),
+            step_bank = FeatureBank(tuple(name for side in others for name in side),
                                     dtype=inversion.bank.dtype, device=inversion.bank.device)
             run = InjectRun(step_bank, inversion.blocks, settings, inline_streams=inline)
 
             def eps_with_references(eps_fn, x, t):
                 step_bank.clear()
-                for batch in others:
-                    eps_fn(inversion.latents_at(t, batch).to(x), t, RecordRun(step_bank, inversion.blocks,
-                                                                              streams=batch))
+                for side in others:
+                    eps_fn(inversion.latents_at(t, side).to(x), t, RecordRun(step_bank, inversion.blocks,
+                                                                             streams=side))
                 return eps_fn(torch.cat([x, inversion.latents_at(t, inline).to(x)]), t)[:x.shape[0]]
             calls_per_step = 1 + len(others)
+            largest_call = 1 + len(inline)
         else:
             run = InjectRun(inversion.bank, inversion.blocks, settings)
 
             def eps_with_references(eps_fn, x, t):
                 return eps_fn(x, t)
-            calls_per_step = 1
+            calls_per_step, largest_call = 1, 1
 
         def loop(eps_fn, _):
             return ddim_sample(lambda x, t: eps_with_references(eps_fn, x, t), start.to(device), schedule, alphas)
 
-        shape = (1,) + tuple(inversion.latent_shape[1:])
+        # The shape tells ComfyUI how much memory the largest model call needs.
+        shape = (largest_call,) + tuple(inversion.latent_shape[1:])
         latent = run_ddim(model, inversion.conditioning, torch.zeros(shape), loop, run,
                           total_steps=calls_per_step * len(schedule.steps), scaled_input=False)
         samples = model.model.process_latent_out(latent.to(torch.float32)).cpu()

@@ -302,5 +302,5 @@ def test_inline_reference_rows_per_cond_chunk(comfy):
     """With recompute storage each cond/uncond chunk ends with the reference rows."""
     injection = pack_module("nodes/injection.py")
     run = injection.InjectRun(bank=None, blocks=frozenset(), settings=None, inline_streams=("content", "style"))
-    assert run._rows(6, {"cond_or_uncond": [1, 0]}) == ([0, 3], [1, 2, 4, 5])
-    assert run._rows(3, {"cond_or_uncond": [0]}) == ([0], [1, 2])
+    assert run._chunks(6, {"cond_or_uncond": [1, 0]}) == [(slice(0, 1), slice(1, 3)), (slice(3, 4), slice(4, 6))]
+    assert run._chunks(3, {"cond_or_uncond": [0]}) == [(slice(0, 1), slice(1, 3))]
