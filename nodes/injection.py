@@ -220,8 +220,9 @@ class InjectRun:
         """``(sample rows, reference rows)`` of each cond/uncond chunk of the batch: a chunk ends
         with one row per inline stream."""
         chunks = len(extra_options.get("cond_or_uncond") or [0])
-        per_chunk, references = batch // chunks, len(self.inline_streams)
-        return [(slice(start, start + per_chunk - references), slice(start + per_chunk - references, start + per_chunk))
+        per_chunk = batch // chunks
+        samples = per_chunk - len(self.inline_streams)
+        return [(slice(start, start + samples), slice(start + samples, start + per_chunk))
                 for start in range(0, batch, per_chunk)]
 
     def attn1(self, patch, q, k, v, extra_options):

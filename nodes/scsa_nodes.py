@@ -401,8 +401,9 @@ class SCSAInvert(io.ComfyNode):
                                tooltip="Where the recorded features live (SD1.5, 512 px, 50 steps: about 2.2 GB "
                                        "in fp16). memory: GPU, fastest. offload: CPU RAM. recompute: keeps only "
                                        "the inverted latents (a few MB) and recomputes the features while "
-                                       "sampling, in the same batch (sampling costs about 5x). auto: memory if "
-                                       "it fits easily, else offload, else recompute."),
+                                       "sampling, in the same batch (the whole run takes about 1.6x longer). "
+                                       "auto: memory if it fits easily, else offload, else recompute. All give "
+                                       "the same image."),
             ],
             outputs=[Inversion.Output("inversion", display_name="inversion")],
         )
