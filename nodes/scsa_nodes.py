@@ -349,19 +349,16 @@ def choose_storage(mode: str, model_patcher, bytes_needed: int) -> tuple[str, to
     else:
         weights_to_load = max(0, model_patcher.model_size() - model_patcher.loaded_size())
         free_device = max(0, comfy.model_management.get_free_memory(device) - weights_to_load)
-    needed = f"{bytes_needed / 2 ** 30:.2f} GB"
-    if mode == "memory":
-        if bytes_needed > 0.9 * free_device:
-            raise ValueError(f"storage: 'memory' needs {needed} for the features on {device}, but only "
-                             f"{free_device / 2 ** 30:.2f} GB is free there. Choose 'offload' (CPU RAM), "
-                             "'recompute' (a few MB, slower sampling), 'auto', or fewer steps.")
-        return mode, device
-    if mode == "offload":
-        if bytes_needed > 0.9 * free_ram:
-            raise ValueError(f"storage: 'offload' needs {needed} of RAM for the features, but only "
-                             f"{free_ram / 2 ** 30:.2f} GB is free. Choose 'recompute' (a few MB, slower "
+    fixed = {"memory": (device, free_device, f"for the features on {device}",
+                        "'offload' (CPU RAM), 'recompute'"),
+             "offload": (cpu, free_ram, "of RAM for the features", "'recompute'")}
+    if mode in fixed:
+        target, free, where, alternatives = fixed[mode]
+        if bytes_needed > 0.9 * free:
+            raise ValueError(f"storage: '{mode}' needs {bytes_needed / 2 ** 30:.2f} GB {where}, but only "
+                             f"{free / 2 ** 30:.2f} GB is free. Choose {alternatives} (a few MB, slower "
                              "sampling), 'auto', or fewer steps.")
-        return mode, cpu
+        return mode, target
     if mode == "recompute":
         return mode, device
     if mode != "auto":
@@ -597,12 +594,12 @@ class SCSAStyleSampler(io.ComfyNode):
             step_bank = FeatureBank(tuple(name for side in others for name in side),
                                     dtype=inversion.bank.dtype, device=inversion.bank.device)
             run = InjectRun(step_bank, inversion.blocks, settings, inline_streams=inline)
+            recorders = [(side, RecordRun(step_bank, inversion.blocks, streams=side)) for side in others]
 
             def eps_with_references(eps_fn, x, t):
                 step_bank.clear()
-                for side in others:
-                    eps_fn(inversion.latents_at(t, side).to(x), t, RecordRun(step_bank, inversion.blocks,
-                                                                             streams=side))
+                for side, recorder in recorders:
+                    eps_fn(inversion.latents_at(t, side).to(x), t, recorder)
                 return eps_fn(torch.cat([x, inversion.latents_at(t, inline).to(x)]), t)[:x.shape[0]]
             calls_per_step = 1 + len(others)
             largest_call = 1 + len(inline)

@@ -146,14 +146,16 @@ def memory_table(scsa_nodes, args) -> None:
     sd15 = comfy.model_patcher.ModelPatcher(full, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
     latents = _latents(512)
-    for storage in ("memory", "recompute"):
+    keys = scsa_nodes.resolve_blocks(sd15, "auto")
+    estimates = {"memory": scsa_nodes._bank_bytes(full.diffusion_model, keys, len(STREAMS), (1, 4, 64, 64), 2,
+                                                  full.get_dtype()),
+                 "recompute": 0}
+    for storage, estimate in estimates.items():
         inversion = scsa_nodes.SCSAInvert.execute(model=sd15, conditioning=_conditioning(), steps=2, blocks="auto",
                                                   storage=storage, **latents).result[0]
-        estimate = scsa_nodes._bank_bytes(full.diffusion_model, inversion.blocks, len(STREAMS),
-                                          (1, 4, 64, 64), 2, inversion.bank.dtype)
         print(json.dumps({"check": "SD1.5 512 px, 2-step inversion", "storage": storage,
                           "dtype": str(inversion.bank.dtype), "bank_mb": round(inversion.bank.nbytes / MB, 1),
-                          "estimate_mb": round(estimate / MB, 1) if storage == "memory" else 0.0,
+                          "estimate_mb": round(estimate / MB, 1),
                           "trajectory_mb": round(inversion.trajectory_bytes / MB, 2)}), flush=True)
 
 
