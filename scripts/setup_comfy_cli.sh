@@ -41,8 +41,12 @@ fi
 "${PYTHON:-python3}" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
     || die "comfy-cli needs Python 3.10+; ${PYTHON:-python3} is older: set PYTHON"
 
+if [ -e "$TOOL" ]; then   # a stale or half-made tool venv is rebuilt; anything else is left alone
+    [ -f "$TOOL/pyvenv.cfg" ] || [ -z "$(ls -A "$TOOL")" ] \
+        || die "$TOOL exists and is not a venv: move it away or set COMFY_CLI_VENV elsewhere"
+    rm -rf "$TOOL"
+fi
 log "installing $COMFY_CLI_SPEC into ${TOOL#"$REPO"/}"
-rm -rf "$TOOL"
 mkdir -p "$(dirname "$TOOL")"
 "${PYTHON:-python3}" -m venv "$TOOL"
 # -q keeps CI logs short; "Location ... is ignored" warnings (a pip config listing local indexes

@@ -26,15 +26,17 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-COMFY_CLI = REPO_ROOT / ".cache" / "tools" / "comfy-cli" / "bin" / "comfy"
+# the tool venv of scripts/setup_comfy_cli.sh (COMFY_CLI_VENV moves it there and here alike)
+COMFY_CLI = Path(os.environ.get("COMFY_CLI_VENV") or REPO_ROOT / ".cache" / "tools" / "comfy-cli") / "bin" / "comfy"
 FIX = "run `bash scripts/setup.sh` (it installs comfy-cli through scripts/setup_comfy_cli.sh)"
 
 # What ships: top-level files and folders (the same allowlist as .comfyignore, kept here on
 # purpose: the test must not trust the file it checks).
 TOP_FILES = {"__init__.py", "LICENSE", "README.md", "requirements.txt", "pyproject.toml"}
 CODE_DIRS = ("nodes", "scsa_core")
-WORKFLOW_DIRS = ("workflows", "example_workflows")   # example_workflows: the name before the rename
-INPUT_DIRS = ("example_inputs",)
+# workflows/ holds the templates, their API twins, thumbnails and the example inputs (inputs/);
+# example_workflows: the folder's name before the rename
+WORKFLOW_DIRS = ("workflows", "example_workflows")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".svg"}
 MAX_ARCHIVE_BYTES = 10 * 1024 * 1024   # a few workflows, pictures and sources: weights would show
 
@@ -59,7 +61,7 @@ def _forbidden(name: str) -> str | None:
         return "model weights"
     if len(parts) == 1:
         return None if top in TOP_FILES else "top-level file outside the allowlist"
-    if top in CODE_DIRS + WORKFLOW_DIRS + INPUT_DIRS:
+    if top in CODE_DIRS + WORKFLOW_DIRS:
         return None
     if top == "docs":
         return None if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES else "docs/ ships pictures only"
@@ -75,7 +77,9 @@ def _comfy(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _git(args: list[str], cwd: Path) -> str:
-    proc = subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@invalid", *args],
+    # the clone is a scratch copy: no identity, signing or hooks of the developer's are needed
+    proc = subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@invalid", "-c", "commit.gpgsign=false",
+                           "-c", "core.hooksPath=/dev/null", *args],
                           cwd=str(cwd), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"git {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
     return proc.stdout
@@ -110,7 +114,7 @@ class Packed:
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory) -> Packed:
     if not os.access(COMFY_CLI, os.X_OK):
-        return Packed(problem=f"comfy-cli is not installed at {COMFY_CLI.relative_to(REPO_ROOT)}: {FIX}")
+        return Packed(problem=f"comfy-cli is not installed at {COMFY_CLI}: {FIX}")
     base = tmp_path_factory.mktemp("registry")
     clone = base / "scsa-style-transfer"
     _git(["clone", "-q", "--no-hardlinks", str(REPO_ROOT), str(clone)], base)
@@ -120,7 +124,8 @@ def packed(tmp_path_factory) -> Packed:
     # A plain export of HEAD (no .git): comfy-cli then zips every file not matched by .comfyignore.
     plain = base / "export" / "scsa-style-transfer"
     plain.mkdir(parents=True)
-    subprocess.run(f"git archive HEAD | tar -x -C '{plain}'", shell=True, cwd=str(clone), check=True, timeout=300)
+    _git(["archive", "-o", str(base / "export.tar"), "HEAD"], clone)
+    subprocess.run(["tar", "-xf", str(base / "export.tar"), "-C", str(plain)], check=True, timeout=300)
 
     for rel in PLANTED_TRACKED + PLANTED_UNTRACKED:
         for root in (clone, plain):
@@ -148,7 +153,7 @@ def test_the_archive_holds_what_a_user_needs(packed):
     names = set(p.names)
     missing = sorted(TOP_FILES - names)
     # every tracked file of the code, the workflows and the example inputs (complete, not a sample)
-    shipped_dirs = CODE_DIRS + WORKFLOW_DIRS + INPUT_DIRS
+    shipped_dirs = CODE_DIRS + WORKFLOW_DIRS
     missing += [f for f in p.tracked if f.split("/", 1)[0] in shipped_dirs and f not in names
                 and not _forbidden(f)]
     # the pictures README.md shows
