@@ -11,10 +11,12 @@
 # the tool itself runs offline when called as tests/test_registry.py does:
 #
 #   DO_NOT_TRACK=1 COMFY_NO_TELEMETRY=1 .cache/tools/comfy-cli/bin/comfy --skip-prompt --no-json node validate </dev/null
+#   (the same with `node pack`: it writes node.zip, git-ignored, in the repository root)
 #
-# DO_NOT_TRACK / COMFY_NO_TELEMETRY switch off comfy-cli's telemetry and its consent prompt (and
-# keep it from writing ~/.config/comfy-cli); --skip-prompt answers any other question with the
-# default; --no-json keeps the plain text output (comfy-cli prints JSON when stdout is no TTY).
+# DO_NOT_TRACK / COMFY_NO_TELEMETRY switch off comfy-cli's telemetry and its consent prompt;
+# --skip-prompt answers any other question with the default; --no-json keeps the plain text
+# output (comfy-cli prints JSON when stdout is no TTY). comfy-cli also keeps ~/.config/comfy-cli
+# (an empty tmp/ folder at least); the test gives it a scratch HOME.
 #
 # Environment:
 #   PYTHON           interpreter for the tool venv (default: python3; comfy-cli needs 3.10+)
@@ -56,8 +58,8 @@ mkdir -p "$(dirname "$TOOL")"
     || die "pip install $COMFY_CLI_SPEC failed"
 
 # The check the tests rely on: it starts offline, asks nothing and knows its version.
-got="$(DO_NOT_TRACK=1 COMFY_NO_TELEMETRY=1 "$TOOL/bin/comfy" --skip-prompt --no-json --version </dev/null)" \
-    || die "$TOOL/bin/comfy does not start"
+got="$(HOME="$TOOL/home" DO_NOT_TRACK=1 COMFY_NO_TELEMETRY=1 \
+        "$TOOL/bin/comfy" --skip-prompt --no-json --version </dev/null)" || die "$TOOL/bin/comfy does not start"
 [ "$got" = "${COMFY_CLI_SPEC#*==}" ] || die "$TOOL/bin/comfy reports version '$got', expected ${COMFY_CLI_SPEC#*==}"
 printf '%s' "$want" > "$STAMP"
 log "comfy-cli $got ready: $TOOL/bin/comfy"

@@ -68,10 +68,11 @@ def _forbidden(name: str) -> str | None:
     return f"top-level folder {top}/ is not in the allowlist"
 
 
-def _comfy(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """comfy-cli, offline and non-interactive: telemetry off (and with it the consent prompt and
-    any config write), --skip-prompt, stdin closed; --no-json for plain text on a non-TTY."""
-    env = dict(os.environ, DO_NOT_TRACK="1", COMFY_NO_TELEMETRY="1")
+def _comfy(args: list[str], cwd: Path, home: Path) -> subprocess.CompletedProcess:
+    """comfy-cli, offline and non-interactive: telemetry off (and with it the consent prompt),
+    --skip-prompt, stdin closed; --no-json for plain text on a non-TTY. HOME is a scratch folder:
+    comfy-cli reads and writes ~/.config/comfy-cli, and a developer's own settings must not count."""
+    env = dict(os.environ, DO_NOT_TRACK="1", COMFY_NO_TELEMETRY="1", HOME=str(home))
     return subprocess.run([str(COMFY_CLI), "--skip-prompt", "--no-json", *args], cwd=str(cwd), env=env,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
 
@@ -85,8 +86,8 @@ def _git(args: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
-def _pack(cwd: Path) -> tuple[list[str], int]:
-    proc = _comfy(["node", "pack"], cwd)
+def _pack(cwd: Path, home: Path) -> tuple[list[str], int]:
+    proc = _comfy(["node", "pack"], cwd, home)
     out = proc.stdout + proc.stderr
     archive = cwd / "node.zip"
     assert proc.returncode == 0 and archive.is_file(), f"comfy node pack failed ({proc.returncode}):\n{out[-4000:]}"
@@ -116,10 +117,12 @@ def packed(tmp_path_factory) -> Packed:
     if not os.access(COMFY_CLI, os.X_OK):
         return Packed(problem=f"comfy-cli is not installed at {COMFY_CLI}: {FIX}")
     base = tmp_path_factory.mktemp("registry")
+    home = base / "home"
+    home.mkdir()
     clone = base / "scsa-style-transfer"
     _git(["clone", "-q", "--no-hardlinks", str(REPO_ROOT), str(clone)], base)
     p = Packed(clone=clone, tracked=sorted(_git(["ls-files"], clone).splitlines()))
-    p.validate = _comfy(["node", "validate"], clone)
+    p.validate = _comfy(["node", "validate"], clone, home)
 
     # A plain export of HEAD (no .git): comfy-cli then zips every file not matched by .comfyignore.
     plain = base / "export" / "scsa-style-transfer"
@@ -134,8 +137,8 @@ def packed(tmp_path_factory) -> Packed:
     _git(["add", "-f", *PLANTED_TRACKED], clone)
     _git(["commit", "-q", "-m", "planted files that must not ship"], clone)
 
-    p.names, p.size = _pack(clone)
-    p.names_no_git, _ = _pack(plain)
+    p.names, p.size = _pack(clone, home)
+    p.names_no_git, _ = _pack(plain, home)
     return p
 
 
