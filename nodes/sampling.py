@@ -16,6 +16,7 @@ import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
+import latent_preview
 
 from .injection import RUN_KEY
 
@@ -26,8 +27,23 @@ def alphas_cumprod(model_patcher) -> torch.Tensor:
     return 1.0 / (1.0 + sigmas ** 2)
 
 
+def preview_reporter(model_patcher, total_steps: int) -> Callable[[int, torch.Tensor], None]:
+    """``report(step, predicted_x0)``: ComfyUI's live preview and progress for a sampling loop.
+
+    ``predicted_x0`` ``[B, C, H, W]`` is in the model's scaled latent space (what KSampler hands
+    its callback as ``denoised``). ComfyUI's own latent-preview callback decides whether and how
+    to draw it (the ``--preview-method`` setting, or the browser's per-prompt choice where the
+    version supports one) and moves the node's progress bar to ``step + 1`` of ``total_steps``.
+    """
+    callback = latent_preview.prepare_callback(model_patcher, total_steps)
+
+    def report(step: int, predicted_x0: torch.Tensor) -> None:
+        callback(step, predicted_x0[:1], predicted_x0[:1], total_steps)
+    return report
+
+
 def run_ddim(model_patcher, conditioning, latent: torch.Tensor, loop: Callable, run,
-             total_steps: int, scaled_input: bool = True) -> torch.Tensor:
+             total_steps: int, scaled_input: bool = True, count_calls: bool = True) -> torch.Tensor:
     """Run ``loop(eps_fn, x) -> x`` inside ComfyUI's sampler machinery; returns the loop's result.
 
     latent: ``[B, C, H, W]`` ComfyUI latent (unscaled; ComfyUI scales it). With
@@ -37,11 +53,12 @@ def run_ddim(model_patcher, conditioning, latent: torch.Tensor, loop: Callable, 
     patch through ``transformer_options`` and told the timestep before each model call.
     ``eps_fn(x, t, other_run=None)`` takes and returns DDPM-form tensors of any batch size;
     ``other_run`` replaces ``run`` for that one call (recompute storage records the references
-    of another size that way). The progress bar advances once per model call, and Cancel is
-    honoured before each call.
+    of another size that way). With ``count_calls`` the progress bar advances once per model
+    call out of ``total_steps``; without, the loop reports progress itself (``preview_reporter``).
+    Cancel is honoured before each call.
     """
     sigma_table = model_patcher.get_model_object("model_sampling").sigmas.detach()
-    progress = comfy.utils.ProgressBar(total_steps)
+    progress = comfy.utils.ProgressBar(total_steps) if count_calls else None
     result = {}
 
     def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -65,7 +82,8 @@ def run_ddim(model_patcher, conditioning, latent: torch.Tensor, loop: Callable, 
             x_k = x_ddpm * torch.sqrt(1.0 + sigma ** 2)
             args = run_args if other_run is None else with_run(other_run)
             denoised = model(x_k, sigma * x_k.new_ones([x_k.shape[0]]), **args)
-            progress.update(1)
+            if progress is not None:
+                progress.update(1)
             return (x_k - denoised) / sigma
 
         result["x"] = loop(eps_fn, x if scaled_input else None)

@@ -36,7 +36,7 @@ from ..scsa_core.schedules import (TIMESTEP_MODES, ddim_invert, ddim_sample, inv
                                    sampling_schedule)
 from .injection import (ApplySettings, AttentionPatch, InjectRun, RecordRun, StyleIDParams,
                         attention_blocks, find_patch, grid_labels, remove_patches)
-from .sampling import alphas_cumprod, run_ddim
+from .sampling import alphas_cumprod, preview_reporter, run_ddim
 from .validation import (check_conditioning, inversion_batches, log_map_sizes, map_file_error,
                          name_the_maps)
 
@@ -601,22 +601,24 @@ class SCSAStyleSampler(io.ComfyNode):
                 for side, recorder in recorders:
                     eps_fn(inversion.latents_at(t, side).to(x), t, recorder)
                 return eps_fn(torch.cat([x, inversion.latents_at(t, inline).to(x)]), t)[:x.shape[0]]
-            calls_per_step = 1 + len(others)
             largest_call = 1 + len(inline)
         else:
             run = InjectRun(inversion.bank, inversion.blocks, settings)
 
             def eps_with_references(eps_fn, x, t):
                 return eps_fn(x, t)
-            calls_per_step, largest_call = 1, 1
+            largest_call = 1
+
+        report = preview_reporter(model, len(schedule.steps))
 
         def loop(eps_fn, _):
-            return ddim_sample(lambda x, t: eps_with_references(eps_fn, x, t), start.to(device), schedule, alphas)
+            return ddim_sample(lambda x, t: eps_with_references(eps_fn, x, t), start.to(device), schedule, alphas,
+                               on_step=lambda index, t, x, predicted_x0: report(index, predicted_x0))
 
         # The shape tells ComfyUI how much memory the largest model call needs.
         shape = (largest_call,) + tuple(inversion.latent_shape[1:])
         latent = run_ddim(model, inversion.conditioning, torch.zeros(shape), loop, run,
-                          total_steps=calls_per_step * len(schedule.steps), scaled_input=False)
+                          total_steps=len(schedule.steps), scaled_input=False, count_calls=False)
         samples = model.model.process_latent_out(latent.to(torch.float32)).cpu()
         return io.NodeOutput({"samples": samples})
 

@@ -5,7 +5,9 @@ This is the ONE place that resolves the ComfyUI checkout used by the tests and b
 commands:
 
   1. the environment variable ``COMFYUI_PATH`` (a user's own ComfyUI), else
-  2. ``<repo>/.cache/comfyui`` as unpacked by ``bash scripts/setup.sh``.
+  2. the checkout the running venv was set up for (``<venv>/scsa-comfyui-path``, written by
+     ``bash scripts/setup.sh [VERSION]``), else
+  3. ``<repo>/.cache/comfyui`` as unpacked by ``bash scripts/setup.sh``.
 
 Importable::
 
@@ -37,6 +39,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHED_COMFYUI = REPO_ROOT / ".cache" / "comfyui"
 ENV_VAR = "COMFYUI_PATH"
+VENV_RECORD = "scsa-comfyui-path"
 REQUIRED_ENTRIES = ("main.py", "comfy", "comfy_api")
 # Name under which the pack is linked into the server's custom_nodes folder (= the registry
 # node id in pyproject.toml).
@@ -64,6 +67,14 @@ def comfyui_path() -> Path:
         if miss:
             raise ComfyUINotFound(f"{ENV_VAR}={env} is not a ComfyUI checkout (missing "
                                   f"{', '.join(miss)}); point it at the folder holding main.py.")
+        return p
+    record = Path(sys.prefix) / VENV_RECORD
+    if record.is_file():
+        p = Path(record.read_text(encoding="utf-8").strip())
+        miss = missing_entries(p) if p.is_dir() else list(REQUIRED_ENTRIES)
+        if miss:
+            raise ComfyUINotFound(f"{record} names {p}, which is not a ComfyUI checkout (missing "
+                                  f"{', '.join(miss)}); {SETUP_HINT}.")
         return p
     p = CACHED_COMFYUI
     if not p.is_dir():

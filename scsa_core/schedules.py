@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 __all__ = ["TIMESTEP_MODES", "ddim_timesteps", "inversion_schedule", "SamplingSchedule",
-           "sampling_schedule", "ddim_step", "ddim_invert", "ddim_sample"]
+           "sampling_schedule", "ddim_step", "predict_x0", "ddim_invert", "ddim_sample"]
 
 TIMESTEP_MODES = ("official", "aligned")
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
@@ -73,10 +73,14 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha_from: torch.Tensor | flo
 
     Used in both directions: inversion (``alpha_to < alpha_from``) and denoising.
     """
-    alpha_from = torch.as_tensor(alpha_from, dtype=torch.float64)
     alpha_to = torch.as_tensor(alpha_to, dtype=torch.float64)
-    predicted_x0 = (x - (1 - alpha_from).sqrt().item() * eps) / alpha_from.sqrt().item()
-    return alpha_to.sqrt().item() * predicted_x0 + (1 - alpha_to).sqrt().item() * eps
+    return alpha_to.sqrt().item() * predict_x0(x, eps, alpha_from) + (1 - alpha_to).sqrt().item() * eps
+
+
+def predict_x0(x: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+    """The clean latent that ``x`` ``[B, C, H, W]`` at cumulative alpha ``alpha`` implies, given ``eps``."""
+    alpha = torch.as_tensor(alpha, dtype=torch.float64)
+    return (x - (1 - alpha).sqrt().item() * eps) / alpha.sqrt().item()
 
 
 def ddim_invert(eps_fn: EpsFn, x0: torch.Tensor, schedule: list[tuple[int, int]],
@@ -101,12 +105,18 @@ def ddim_invert(eps_fn: EpsFn, x0: torch.Tensor, schedule: list[tuple[int, int]]
 
 def ddim_sample(eps_fn: EpsFn, x_start: torch.Tensor, schedule: SamplingSchedule,
                 alphas_cumprod: torch.Tensor,
-                on_step: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Deterministic DDIM denoising from ``x_start`` over ``schedule.steps``."""
+                on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Deterministic DDIM denoising from ``x_start`` over ``schedule.steps``.
+
+    ``on_step(index, t, x_prev, predicted_x0)`` runs after each step; ``predicted_x0`` is the
+    clean latent the step's ``eps`` implies (what a live preview shows).
+    """
     x = x_start
     for index, (t, t_prev) in enumerate(schedule.steps):
         eps = eps_fn(x, t)
+        if on_step is not None:
+            predicted = predict_x0(x, eps, alphas_cumprod[t])
         x = ddim_step(x, eps, alphas_cumprod[t], alphas_cumprod[t_prev])
         if on_step is not None:
-            on_step(index, t, x)
+            on_step(index, t, x, predicted)
     return x

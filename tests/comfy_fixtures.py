@@ -4,9 +4,10 @@ Everything that touches ComfyUI imports it lazily, inside functions, after ``sta
 put ComfyUI on ``sys.path`` in the order ComfyUI needs (see shared/docs/comfyui_notes.md §5.2).
 
 Contents
-  * ``start_comfy(comfy_dir, tmp_dir)`` -> ``ComfyRuntime``: in-process ComfyUI on CPU with one
-    ``PromptExecutor`` for the session (so its node cache persists between prompts) and a
-    ``StubServer`` that records every message the executor sends.
+  * ``start_comfy(comfy_dir, tmp_dir)`` -> ``ComfyRuntime``: in-process ComfyUI on CPU, started
+    the way main.py starts it (a real ``PromptServer``, never listening, that records every
+    message instead of sending it; the extra nodes; one ``PromptExecutor`` for the session, so
+    its node cache persists between prompts). Version differences: tests/comfy_versions.py.
   * ``ComfyRuntime.load_pack(path)``: register a custom node pack; raises ``PackLoadError`` with
     ComfyUI's traceback when it does not import (ComfyUI itself only logs a warning).
   * ``ComfyRuntime.run_prompt(prompt, outputs=None)`` -> ``PromptResult`` (a dict of node outputs
@@ -29,6 +30,8 @@ import traceback
 import uuid
 import zlib
 from pathlib import Path
+
+import comfy_versions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_CACHE = REPO_ROOT / ".cache" / "models"
@@ -60,25 +63,6 @@ class PromptError(RuntimeError):
         self.details = details
 
 
-class StubServer:
-    """What PromptExecutor needs of PromptServer: client_id, last_node_id, send_sync.
-
-    Every message is recorded in ``messages`` as ``(event, data)``.
-    """
-
-    def __init__(self):
-        self.client_id = None
-        self.last_node_id = None
-        self.sockets_metadata = {}
-        self.messages: list[tuple[str, object]] = []
-
-    def send_sync(self, event, data, sid=None):
-        self.messages.append((event, data))
-
-    def send_progress_text(self, text, node_id, sid=None):
-        self.messages.append(("progress_text", {"node": node_id, "text": text}))
-
-
 class PromptResult(dict):
     """Outputs of one prompt run: ``result[node_id]`` is a tuple with one value per output slot.
 
@@ -107,7 +91,7 @@ class ComfyRuntime:
 
     CLIENT_ID = "scsa-tests"
 
-    def __init__(self, comfy_dir: Path, tmp_dir: Path):
+    def __init__(self, comfy_dir: Path, tmp_dir: Path, server):
         self.comfy_dir = Path(comfy_dir)
         self.tmp_dir = Path(tmp_dir)
         import comfy.model_management
@@ -120,9 +104,9 @@ class ComfyRuntime:
         self.folder_paths = folder_paths
         self.model_management = comfy.model_management
         self.version = comfyui_version.__version__
-        self.server = StubServer()
-        self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC,
-                                                 cache_args={"lru": 0, "ram": 0})
+        self.server = server
+        self.executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
+                                                 cache_args=comfy_versions.classic_cache_args())
         self.loaded_packs: dict[str, list[str]] = {}
         self.last_result: PromptResult | None = None
 
@@ -226,9 +210,9 @@ class ComfyRuntime:
         prompt_id = prompt_id or uuid.uuid4().hex
         targets = self.validate(prompt, outputs, prompt_id)
         srv = self.server
-        start = len(srv.messages)
+        start = len(srv.messages_sent)
         self.executor.execute(prompt, prompt_id, {"client_id": self.CLIENT_ID}, targets)
-        msgs = [m for m in srv.messages[start:]
+        msgs = [m for m in srv.messages_sent[start:]
                 if not isinstance(m[1], dict) or m[1].get("prompt_id", prompt_id) == prompt_id]
         result = PromptResult(prompt_id)
         result.messages = msgs
@@ -248,7 +232,7 @@ class ComfyRuntime:
             raise PromptError(f"prompt {prompt_id} failed: {msgs}", msgs)
         result.ui = dict(self.executor.history_result.get("outputs", {}))
         for nid in prompt:
-            entry = self.executor.caches.outputs.get(nid)
+            entry = comfy_versions.cached_node_output(self.executor, nid)
             if entry is None:
                 continue
             result.raw[nid] = entry
@@ -308,8 +292,29 @@ def start_comfy(comfy_dir: str | os.PathLike, tmp_dir: str | os.PathLike) -> Com
     if mm.get_torch_device().type != "cpu":
         raise RuntimeError(f"ComfyUI picked {mm.get_torch_device()} although args.cpu was set: "
                            "comfy.model_management was imported before start_comfy()")
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    return ComfyRuntime(comfy_dir, tmp_dir)
+    # As main.py: the PromptServer exists before the extra nodes load (some register routes or
+    # read PromptServer.instance at load time).
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    server = _recording_prompt_server(loop)
+    loop.run_until_complete(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    return ComfyRuntime(comfy_dir, tmp_dir, server)
+
+
+def _recording_prompt_server(loop):
+    """ComfyUI's own PromptServer (never started, so nothing listens) that records every message
+    as ``(event, data)`` in ``.messages_sent`` instead of queueing it for websocket clients."""
+    import server
+
+    class RecordingPromptServer(server.PromptServer):
+        def __init__(self, loop):
+            super().__init__(loop)
+            self.messages_sent: list[tuple[str, object]] = []
+
+        def send_sync(self, event, data, sid=None):
+            self.messages_sent.append((event, data))
+
+    return RecordingPromptServer(loop)
 
 
 # ==================================================================================== weights

@@ -700,7 +700,9 @@ def test_cancel_leaks_nothing_and_the_next_prompt_is_unchanged(comfy, tiny_check
     tensors_before, rss_before = _tensor_bytes(), psutil.Process().memory_info().rss
     del tracked[:]
 
-    state = interrupter(node, after=3, thread=thread)
+    # At the node's first progress report: the one report every version sends (0.33 throttles
+    # the later ones, so a count of reports would not say how far the node got).
+    state = interrupter(node, after=1, thread=thread)
     _assert_interrupted(comfy, cancelled, node)
     assert state["fired"] and not mm.processing_interrupted()
     _trim()

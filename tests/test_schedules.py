@@ -53,6 +53,23 @@ def test_ddim_inversion_then_sampling_round_trips_with_a_fixed_eps():
     torch.testing.assert_close(back, expected)
 
 
+def test_sampling_reports_the_predicted_clean_latent_at_every_step():
+    """on_step gets x0 as the step's eps implies it: with the true eps of a known x0 that is x0
+    itself at every step (what the live preview shows), and x_prev is the loop's own latent."""
+    alphas = torch.linspace(0.9999, 0.005, 1000, dtype=torch.float64)
+    x0 = torch.randn(1, 4, 8, 8, dtype=torch.float64)
+    noise = torch.randn_like(x0)
+    schedule = sampling_schedule(10, "aligned")
+    start = alphas[schedule.start_from].sqrt() * x0 + (1 - alphas[schedule.start_from]).sqrt() * noise
+    seen = []
+    result = ddim_sample(lambda x, t: noise, start, schedule, alphas,
+                         on_step=lambda index, t, x_prev, predicted: seen.append((index, t, x_prev, predicted)))
+    assert [(index, t) for index, t, _, _ in seen] == [(i, t) for i, (t, _) in enumerate(schedule.steps)]
+    for _, _, _, predicted in seen:
+        torch.testing.assert_close(predicted, x0)
+    assert seen[-1][2] is result
+
+
 def test_feature_bank_round_trip_and_validation():
     bank = FeatureBank(("content", "style"), dtype=torch.float16)
     inputs = torch.randn(2, 6, 4)
