@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -12,7 +13,11 @@ import pytest
 import comfy_fixtures as cf
 from scripts import comfyui_runtime as rt
 
-MIN_COMFYUI = (0, 3, 48)  # V3 schema / comfy_entrypoint (pyproject: requires-comfyui >= 0.3.48)
+# The oldest ComfyUI the pack claims (pyproject's requires-comfyui), read from there so that the
+# claim and this check cannot drift apart.
+MIN_COMFYUI = rt.version_tuple(tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml")
+                                             .read_text(encoding="utf-8"))["tool"]["comfy"]["requires-comfyui"]
+                               .lstrip(">="))
 
 
 # ------------------------------------------------------------------------ path resolution
