@@ -4,13 +4,17 @@ from __future__ import annotations
 import json
 import os
 import time
-import tomllib
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 import comfy_fixtures as cf
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    from pip._vendor import tomli as tomllib
 from scripts import comfyui_runtime as rt
 
 # The oldest ComfyUI the pack claims (pyproject's requires-comfyui), read from there so that the
