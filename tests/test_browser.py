@@ -81,7 +81,7 @@ def _load(page, ui: dict) -> list[str]:
     """Load a UI workflow like a dropped file; returns the node types the frontend does not know.
 
     Asked of the loaded graph itself (each node's type against the frontend's registry of node
-    types) rather than of a missing-nodes dialog: frontends 1.28 (ComfyUI 0.3.75) and 1.48
+    types) rather than of a missing-nodes dialog: frontends 1.32 (ComfyUI 0.3.75) and 1.48
     (0.33) report missing nodes through different UI, but both register every node type the
     server defines. Missing models show up as combo values outside their options (checked by
     the workflow test).
@@ -93,7 +93,7 @@ def _load(page, ui: dict) -> list[str]:
 
 
 def _ids(values) -> list[str]:
-    """Node ids as strings, sorted: frontend 1.48 keeps ids as strings, 1.28 as numbers."""
+    """Node ids as strings, sorted: frontend 1.48 keeps ids as strings, 1.32 as numbers."""
     return sorted(str(v) for v in values)
 
 
