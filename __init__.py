@@ -6,13 +6,31 @@ package itself needs nothing from ComfyUI (test runners import it while collecti
 
 
 async def comfy_entrypoint():
+    import logging
+
     from comfy_api.latest import ComfyExtension
 
+    from .nodes.example_inputs import install_examples
     from .nodes.mask_nodes import NODES as MASK_NODES
     from .nodes.scsa_nodes import NODES
 
     class SCSAExtension(ComfyExtension):
+        loaded = False
+
+        async def on_load(self):
+            """Once per start: the example images the templates load go into the input folder.
+            ComfyUI 0.33 awaits this before get_node_list; 0.3.75 defines it but never calls it,
+            so get_node_list calls it too, and the flag keeps it to one run."""
+            if self.loaded:
+                return
+            self.loaded = True
+            try:
+                install_examples()
+            except Exception as e:   # examples are a convenience: the nodes must load regardless
+                logging.getLogger("scsa").warning("SCSA: the example images were not installed: %s", e)
+
         async def get_node_list(self):
+            await self.on_load()
             return NODES + MASK_NODES
 
     return SCSAExtension()

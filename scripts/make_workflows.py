@@ -1,19 +1,33 @@
 #!/usr/bin/env python3
 """Generate the pack's example workflows, UI and API format, from ONE description per graph.
 
-    .venv/bin/python scripts/make_workflows.py            # (re)write example_workflows/
+    .venv/bin/python scripts/make_workflows.py            # (re)write workflows/
     .venv/bin/python scripts/make_workflows.py --check    # exit 1 if the files are stale
     .venv/bin/python scripts/make_workflows.py --server http://127.0.0.1:8188   # use a running ComfyUI
 
 Each graph below is described once (nodes, positions, links, the widget values that differ from
-the nodes' defaults). The node definitions come from ComfyUI's ``/object_info`` (a headless
-ComfyUI with this pack is started when no ``--server`` is given), so widget order, the
-frontend's extra widgets and the defaults always follow the nodes' current schemas
-(scripts/workflow_format.py). Written:
+the nodes' defaults) and rendered from node definitions in ComfyUI's ``/object_info`` format
+(scripts/workflow_format.py), so widget order, the frontend's extra widgets and the defaults
+follow the nodes' schemas. The files must be one truth for every supported ComfyUI version, so
+the definitions come from what does not change between them:
 
-  example_workflows/<name>.json      UI format: drag into ComfyUI, or Workflow > Browse Templates
-  example_workflows/<name>.jpg       its thumbnail (a drawing of the graph)
-  example_workflows/api/<name>.json  API format: POST /prompt, or scripts/run_workflow.py
+- this pack's nodes: from a headless ComfyUI with this pack (started when no ``--server`` is
+  given): their schemas are ours, the same on every version;
+- ComfyUI's core nodes (Load Checkpoint, Load Image, ...): from ``CORE_NODES`` below, written
+  down once as every supported version lays them out. A newer ComfyUI that shows more of a core
+  node (SaveImage gained an IMAGE output in 0.33) does not change the files; one whose layout
+  no longer fits them is reported by ``core_node_problems`` (tests/test_server.py runs it on
+  every version), because the files would then load wrongly there.
+
+Written:
+
+  workflows/<name>.json      UI format: drag into ComfyUI, or Workflow > Browse Templates
+  workflows/<name>.jpg       its thumbnail (a drawing of the graph)
+  workflows/api/<name>.json  API format: POST /prompt, or scripts/run_workflow.py
+
+ComfyUI lists a pack's ``workflows/*.json`` as templates (app/custom_node_manager.py globs only
+that level), so the API twins in ``api/`` and the example inputs in ``inputs/``
+(scripts/make_example_inputs.py) are not offered as templates.
 
 tests/test_server.py checks that the committed files equal what this script produces now.
 """
@@ -28,25 +42,62 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from scripts import make_example_inputs as examples  # noqa: E402
+from scripts import workflow_format as wf  # noqa: E402
 from scripts.workflow_format import File, Graph  # noqa: E402
 
-OUT_DIR = REPO_ROOT / "example_workflows"
+OUT_DIR = REPO_ROOT / "workflows"
 API_DIR = OUT_DIR / "api"
 
-# What artists have, and what the tests/runner put into ComfyUI's input folder.
+# What artists have. The images are the example inputs the pack puts into ComfyUI's input
+# folder (nodes/example_inputs.py), so a template runs as soon as it is opened.
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
-IMAGES = {"content": "scsa_content.png", "style": "scsa_style.png",
-          "content_map": "scsa_content_map.png", "style_map": "scsa_style_map.png"}
-# Region colours of the example maps (flat 230-valued primaries, as in the SCSA dataset):
-# ImageColorToMask matches them exactly.
-REGION_COLOURS = (0xE60000, 0x00E600, 0xE6E600, 0x0000E6)
-COLOUR_NAMES = {0xE60000: "red", 0x00E600: "green", 0xE6E600: "yellow", 0x0000E6: "blue"}
+IMAGES = dict(examples.ROLE_FILES)
+# Region -> colour of the example maps as ImageColorToMask takes it (0xRRGGBB, matched exactly).
+REGION_COLOURS = {name: (r << 16) | (g << 8) | b for name, (r, g, b) in examples.REGIONS.items()}
+
+# ComfyUI's core nodes that the graphs use, in /object_info's format, reduced to what the files
+# depend on: sockets and widgets in order (the UI file's widgets_values are positional), the
+# outputs that links point at, the display name. Checked on 0.3.75 and 0.33.0: both lay these out
+# alike, except that 0.33's SaveImage also has an IMAGE output (nothing links from it). File
+# lists (checkpoints, images) are empty: their values are given as File(...) and never checked.
+CORE_NODES = {
+    "CheckpointLoaderSimple": {
+        "display_name": "Load Checkpoint",
+        "input": {"required": {"ckpt_name": [[], {}]}}, "input_order": {"required": ["ckpt_name"]},
+        "output": ["MODEL", "CLIP", "VAE"], "output_name": ["MODEL", "CLIP", "VAE"]},
+    "CLIPTextEncode": {
+        "display_name": "CLIP Text Encode (Prompt)",
+        "input": {"required": {"text": ["STRING", {"multiline": True}], "clip": ["CLIP", {}]}},
+        "input_order": {"required": ["text", "clip"]},
+        "output": ["CONDITIONING"], "output_name": ["CONDITIONING"]},
+    "LoadImage": {
+        "display_name": "Load Image",
+        "input": {"required": {"image": [[], {"image_upload": True}]}}, "input_order": {"required": ["image"]},
+        "output": ["IMAGE", "MASK"], "output_name": ["IMAGE", "MASK"]},
+    "VAEEncode": {
+        "display_name": "VAE Encode",
+        "input": {"required": {"pixels": ["IMAGE", {}], "vae": ["VAE", {}]}},
+        "input_order": {"required": ["pixels", "vae"]}, "output": ["LATENT"], "output_name": ["LATENT"]},
+    "VAEDecode": {
+        "display_name": "VAE Decode",
+        "input": {"required": {"samples": ["LATENT", {}], "vae": ["VAE", {}]}},
+        "input_order": {"required": ["samples", "vae"]}, "output": ["IMAGE"], "output_name": ["IMAGE"]},
+    "SaveImage": {
+        "display_name": "Save Image",
+        "input": {"required": {"images": ["IMAGE", {}], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}},
+        "input_order": {"required": ["images", "filename_prefix"]}, "output": [], "output_name": []},
+    "ImageColorToMask": {
+        "display_name": "ImageColorToMask",
+        "input": {"required": {"image": ["IMAGE", {}], "color": ["INT", {"default": 0, "min": 0, "max": 0xFFFFFF}]}},
+        "input_order": {"required": ["image", "color"]}, "output": ["MASK"], "output_name": ["MASK"]},
+}
 
 NOTE_SCSA = """SCSA semantic style transfer (SD1.5)
 
 1. Load Checkpoint: any SD1.x checkpoint.
-2. Content + style images, and a semantic map for each: flat colours, one per region; the same colour marks the same region in both maps (PNG).
+2. Content + style images, and a semantic map for each: flat colours, one per region; the same colour marks the same region in both maps (PNG). The example images (scsa_example_*.png) are already in your input folder: Run to try them.
 3. Queue. The preview of "Semantic Pair" shows the regions found (hatched = no counterpart in the other map).
 
 Each semantic map must have the size of its own image (content and style may differ). Tweak Apply SCSA or the sampler and re-queue: the inversion is cached."""
@@ -58,7 +109,7 @@ Content and style images may have different sizes."""
 
 NOTE_SDXL = """SCSA semantic style transfer (SDXL)
 
-The SD1.5 graph with an SDXL checkpoint: use images around 1024 px. Invert's blocks "auto" picks SDXL's finest attention level (output 3-5); type e.g. "output 0-5" to also inject in the deep layout blocks (several GB of features).
+The SD1.5 graph with an SDXL checkpoint: use images around 1024 px (the example images loaded here are 512 px: enough for a first try). Invert's blocks "auto" picks SDXL's finest attention level (output 3-5); type e.g. "output 0-5" to also inject in the deep layout blocks (several GB of features).
 
 Each semantic map must have the size of its own image. Tweak Apply SCSA or the sampler and re-queue: the inversion is cached."""
 
@@ -145,8 +196,8 @@ def scsa_masks() -> Graph:
     batches = []
     for side, (image, y) in {"content": (content_map, 870), "style": (style_map, 1310)}.items():
         masks = [g.add("ImageColorToMask", (400, y + 100 * i), (300, 58),
-                       title=f"{side} mask {i + 1} ({COLOUR_NAMES[colour]})", image=image[0], color=colour)
-                 for i, colour in enumerate(REGION_COLOURS)]
+                       title=f"{side} mask {i + 1} ({region})", image=image[0], color=colour)
+                 for i, (region, colour) in enumerate(REGION_COLOURS.items())]
         batches.append(g.add("SCSAMaskBatch", (740, y), (280, 230), title=f"{side.capitalize()} masks",
                              **{f"mask_{i + 1}": m[0] for i, m in enumerate(masks)}))
     latents = {"content": _encode(g, ckpt, content, (1060, 60), "Encode content"),
@@ -172,9 +223,60 @@ GRAPHS = {"scsa_sd15_color_maps": scsa_color_maps, "styleid_sd15": styleid, "scs
           "scsa_sdxl_color_maps": scsa_sdxl}
 
 
+# ---------------------------------------------------------------------- node definitions
+def used_node_types() -> set[str]:
+    """Every node type the graphs use (notes excluded)."""
+    return {node.type for build in GRAPHS.values() for node in build().nodes
+            if node.type not in wf.VIRTUAL_TYPES}
+
+
+def node_defs(live: dict) -> dict:
+    """The definitions the files are rendered from: this pack's nodes from ``live`` (a server's
+    /object_info), the core nodes from ``CORE_NODES`` whatever ``live`` says about them."""
+    defs = {}
+    for node_type in sorted(used_node_types()):
+        if node_type in CORE_NODES:
+            defs[node_type] = CORE_NODES[node_type]
+        elif node_type.startswith("SCSA"):
+            defs[node_type] = wf.node_def(live, node_type)
+        else:
+            raise wf.WorkflowError(f"{node_type} is a core node: write it down in CORE_NODES (as every "
+                                   "supported ComfyUI lays it out), so the files stay version-independent")
+    return defs
+
+
+def core_node_problems(live: dict) -> list[str]:
+    """Where this ComfyUI's core nodes no longer fit ``CORE_NODES`` (empty list = the files
+    load correctly here): a different socket or widget layout, a changed output that a link
+    may point at, or a missing node. More outputs after the pinned ones are fine."""
+    problems = []
+    for node_type, pinned in CORE_NODES.items():
+        if node_type not in live:
+            problems.append(f"{node_type}: not in this ComfyUI")
+            continue
+        here = live[node_type]
+
+        def sockets(definition):
+            return [(i.name, i.type, i.optional) for i in wf.input_defs(definition) if not i.is_widget]
+
+        def widgets(definition):
+            return [(i.name, i.type, i.optional) for i in wf.input_defs(definition) if i.is_widget]
+
+        for what, of in (("sockets", sockets), ("widgets", widgets), ("widget layout", wf.widget_layout)):
+            if of(here) != of(pinned):
+                problems.append(f"{node_type}: {what} {of(here)} here, {of(pinned)} in CORE_NODES")
+        for key in ("output", "output_name"):
+            if list(here[key][:len(pinned[key])]) != list(pinned[key]):
+                problems.append(f"{node_type}: {key} {here[key]} here, CORE_NODES expects it to start "
+                                f"with {pinned[key]}")
+    return problems
+
+
 # ----------------------------------------------------------------------------- rendering
-def render(defs: dict) -> dict:
-    """``{name: (ui dict, api dict)}`` for every graph, rendered for these node definitions."""
+def render(live: dict) -> dict:
+    """``{name: (ui dict, api dict)}`` for every graph; ``live``: a server's /object_info (its
+    SCSA nodes are used, see ``node_defs``)."""
+    defs = node_defs(live)
     out = {}
     for name, build in GRAPHS.items():
         graph = build()
@@ -214,7 +316,7 @@ def write(defs: dict, out_dir: Path = OUT_DIR) -> list[Path]:
         p["api"].parent.mkdir(parents=True, exist_ok=True)
         p["ui"].write_text(dumps(ui), encoding="utf-8")
         p["api"].write_text(dumps(api), encoding="utf-8")
-        thumbnail(ui, defs).save(p["thumbnail"], "JPEG", quality=85, optimize=True)
+        thumbnail(ui, node_defs(defs)).save(p["thumbnail"], "JPEG", quality=85, optimize=True)
         written += [p["ui"], p["api"], p["thumbnail"]]
     return written
 
@@ -292,9 +394,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="only check that the files are up to date")
     ap.add_argument("--server", help="URL of a running ComfyUI with this pack (default: start one)")
-    ap.add_argument("--out", type=Path, default=OUT_DIR, help="output folder (default: example_workflows/)")
+    ap.add_argument("--out", type=Path, default=OUT_DIR, help="output folder (default: workflows/)")
     a = ap.parse_args(argv)
     defs = fetch_defs(a.server)
+    mismatched = core_node_problems(defs)
+    if mismatched:   # the files would not load right in this ComfyUI: say so, write nothing
+        print("this ComfyUI's core nodes do not fit CORE_NODES in scripts/make_workflows.py:\n  "
+              + "\n  ".join(mismatched), file=sys.stderr)
+        return 1
     if a.check:
         problems = stale_files(defs, a.out)
         for p in problems:

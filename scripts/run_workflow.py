@@ -1,23 +1,25 @@
 #!/usr/bin/env python3
 """Run an SCSA workflow headless: one image pair, or a whole folder of pairs.
 
-    .venv/bin/python scripts/run_workflow.py                      # the example, on pair 29
+    .venv/bin/python scripts/run_workflow.py                      # the example, on the example images
     .venv/bin/python scripts/run_workflow.py --content photo.jpg --style painting.jpg \\
         --content-map photo_sem.png --style-map painting_sem.png --checkpoint v1-5-pruned-emaonly.safetensors
     .venv/bin/python scripts/run_workflow.py --pairs ../shared/data/sem_pairs --out runs/
-    .venv/bin/python scripts/run_workflow.py example_workflows/styleid_sd15.json --server http://127.0.0.1:8188
+    .venv/bin/python scripts/run_workflow.py workflows/styleid_sd15.json --server http://127.0.0.1:8188
 
-WORKFLOW is a UI workflow (as saved by ComfyUI, e.g. example_workflows/*.json) or an API prompt
-(example_workflows/api/*.json, "Export (API)"); UI files are converted with the node definitions
+WORKFLOW is a UI workflow (as saved by ComfyUI, e.g. workflows/*.json) or an API prompt
+(workflows/api/*.json, "Export (API)"); UI files are converted with the node definitions
 of the server (/object_info). Without --server, a headless ComfyUI with this pack is started
 from the runtime of scripts/setup.sh (or COMFYUI_PATH) and stopped at the end.
 
-Images: the workflow's image loaders are matched by their file name (scsa_content.png,
-scsa_style.png, scsa_content_map.png, scsa_style_map.png) or title ("Content image", "Style
-semantic map", ...) and given the files from --content/--style/--content-map/--style-map,
-uploaded through /upload/image. --pairs DIR runs every pair found in DIR: <name>.jpg (content),
-<name>_paint.jpg (style), <name>_sem.png and <name>_paint_sem.png (their maps), in DIR or its
-sub-folders. Style and maps are resized to the content's size (maps without interpolation).
+Images: the workflow's image loaders are matched by their file name (scsa_example_content.png,
+scsa_example_style.png, scsa_example_content_map.png, scsa_example_style_map.png) or title
+("Content image", "Style semantic map", ...) and given the files from --content/--style/
+--content-map/--style-map, uploaded through /upload/image. --pairs DIR runs every pair found in
+DIR: <name>.jpg (content), <name>_paint.jpg (style), <name>_sem.png and <name>_paint_sem.png
+(their maps), in DIR or its sub-folders. Style and maps are resized to the content's size (maps
+without interpolation). Without images, the example inputs the repository ships are used
+(workflows/inputs/, painted by scripts/make_example_inputs.py).
 
 Checkpoint: --checkpoint NAME, else the workflow's (v1-5-pruned-emaonly.safetensors). The
 embedded server looks in --models DIR (and DIR/checkpoints) and in ComfyUI's models/checkpoints.
@@ -31,7 +33,6 @@ import argparse
 import io
 import json
 import mimetypes
-import os
 import shutil
 import subprocess
 import sys
@@ -47,14 +48,14 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from scripts import comfyui_runtime as rt  # noqa: E402
+from scripts import make_example_inputs as examples  # noqa: E402
 from scripts.workflow_format import WorkflowError, is_ui_workflow, ui_to_api  # noqa: E402
 
-DEFAULT_WORKFLOW = REPO_ROOT / "example_workflows" / "scsa_sd15_color_maps.json"
+DEFAULT_WORKFLOW = REPO_ROOT / "workflows" / "scsa_sd15_color_maps.json"
 DEFAULT_OUT = REPO_ROOT / "outputs"
-DEFAULT_PAIR = "29"
+DEFAULT_JOB = "example"
 ROLES = ("content", "style", "content_map", "style_map")
-ROLE_FILES = {"content": "scsa_content.png", "style": "scsa_style.png",
-              "content_map": "scsa_content_map.png", "style_map": "scsa_style_map.png"}
+ROLE_FILES = dict(examples.ROLE_FILES)     # the file names the example workflows' loaders hold
 IMAGE_LOADERS = ("LoadImage", "SCSALoadSemanticMap")
 TINY_SIZE, TINY_STEPS = 64, 8     # random weights: keep the demo run short
 CKPT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
@@ -62,10 +63,6 @@ CKPT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
 
 class RunError(RuntimeError):
     """A problem the user can fix; the message says how. Exit code 2."""
-
-
-def sem_pairs_dir() -> Path:
-    return Path(os.environ.get("SCSA_SEM_PAIRS_DIR", REPO_ROOT.parent / "shared" / "data" / "sem_pairs"))
 
 
 # ------------------------------------------------------------------------------------ HTTP
@@ -355,8 +352,8 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(
         prog="run_workflow.py", description="Run an SCSA/StyleID workflow headless (see the module docstring).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="With no arguments: the SCSA example workflow on pair 29 of ../shared/data/sem_pairs, on an "
-               "embedded ComfyUI.")
+        epilog="With no arguments: the SCSA example workflow on the example images in workflows/inputs/, on "
+               "an embedded ComfyUI.")
     ap.add_argument("workflow", nargs="?", type=Path, help=f"UI or API workflow (default: {DEFAULT_WORKFLOW.relative_to(REPO_ROOT)})")
     ap.add_argument("--workflow", dest="workflow_opt", type=Path, metavar="FILE", help="same as the positional WORKFLOW")
     ap.add_argument("--server", metavar="URL", help="URL of a running ComfyUI with this pack (default: start one)")
@@ -401,13 +398,19 @@ def plan_jobs(a, log) -> list[tuple[str, dict[str, Path]]]:
             if not path.is_file():
                 raise RunError(f"--{role.replace('_', '-')}: {path} does not exist")
         return [(Path(given.get("content", next(iter(given.values())))).stem, given)]
-    folder = sem_pairs_dir() / DEFAULT_PAIR
-    pairs = find_pairs(folder) if folder.is_dir() else {}
-    if DEFAULT_PAIR not in pairs:
-        raise RunError(f"no images given and the example pair {folder} is not there. Pass your images: "
-                       "--content IMG --style IMG --content-map MAP --style-map MAP (or --pairs DIR).")
-    log(f"no images given: using the example pair {folder}")
-    return [(DEFAULT_PAIR, pairs[DEFAULT_PAIR])]
+    files = {role: examples.OUT_DIR / name for role, name in ROLE_FILES.items()}
+    lost = [str(path) for path in files.values() if not path.is_file()]
+    if lost:
+        raise RunError(f"no images given and the example images are missing: {', '.join(lost)} (restore them "
+                       "with git, or run scripts/make_example_inputs.py). Or pass your images: --content IMG "
+                       "--style IMG --content-map MAP --style-map MAP (or --pairs DIR).")
+    log(f"no images given: using the example images in {_shown(examples.OUT_DIR)}")
+    return [(DEFAULT_JOB, files)]
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def main(argv=None) -> int:

@@ -3,8 +3,8 @@
 - ``pip install -r requirements.txt`` (what the Manager runs) installs nothing new and never
   touches torch;
 - a clean copy of the repository (the files git would clone: tracked and not ignored) in a fresh
-  custom_nodes folder loads every node in a real ComfyUI, with no import error, and its
-  example workflows are offered as templates;
+  custom_nodes folder loads every node in a real ComfyUI, with no import error, its workflows
+  are offered as templates and its example inputs land in the input folder;
 - pyproject.toml carries the registry fields, and ComfyUI's own parser reads them.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 
 import workflow_inputs as wi
 from scripts import comfyui_runtime as rt
+from scripts import make_workflows as mw
 
 try:
     import tomllib
@@ -69,12 +70,14 @@ def test_a_fresh_clone_in_custom_nodes_loads_every_node(comfyui_dir, tmp_path):
     files = _clone_like_copy(pack)
     assert "__init__.py" in files and not any(f.startswith((".venv/", ".cache/")) for f in files)
     for name in wi.WORKFLOWS:   # the workflows ship with the pack
-        assert (pack / "example_workflows" / f"{name}.json").is_file()
+        assert (pack / "workflows" / f"{name}.json").is_file()
     with rt.ComfyServer(comfy_dir=comfyui_dir, pack_dir=pack) as srv:
         info = srv.get_json("/object_info")
         log = srv.log_tail(400_000)
         with urllib.request.urlopen(srv.base_url + "/api/workflow_templates", timeout=30) as r:
             templates = json.loads(r.read())
+        installed = sorted(p.name for p in srv.input_dir.glob("scsa_example_*.png"))
+    assert installed == sorted(mw.IMAGES.values()), "the example inputs are not in the input folder"
     ours = sorted(k for k, v in info.items() if v.get("python_module") == wi.PACK_MODULE)
     assert ours == sorted(wi.PACK_NODES)
     pack_lines = [line for line in log.splitlines() if rt.PACK_NAME in line]

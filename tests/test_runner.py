@@ -77,20 +77,20 @@ def test_asks_for_missing_maps(server, pair, tmp_path, tiny_checkpoint):
 
 @pytest.mark.slow
 def test_no_arguments_runs_the_example_on_an_embedded_server(tiny_checkpoint, tmp_path):
-    """The README's main job, in short: no server, no checkpoint -> tiny random weights, said loudly."""
-    data = tmp_path / "sem_pairs"
-    wi.write_pair_files(data / "29", "29", size=wi.SIZE)
+    """The README's main job, in short: no server, no checkpoint -> tiny random weights, said
+    loudly; no images -> the shipped example inputs (no data set beside the repository needed)."""
     empty_models = tmp_path / "models"
     empty_models.mkdir()
     out = tmp_path / "out"
     proc = run(["--models", str(empty_models), "--steps", "2", "--out", str(out)],
-               env={"SCSA_SEM_PAIRS_DIR": str(data)}, timeout=400)
+               env={"SCSA_SEM_PAIRS_DIR": str(tmp_path / "no_data_set_here")}, timeout=400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     assert "RANDOM-WEIGHT" in proc.stdout and "NOISE" in proc.stdout
     assert str(empty_models / "checkpoints") in proc.stdout, "the message must say which folder was searched"
     assert "v1-5-pruned-emaonly.safetensors" in proc.stdout
+    assert "using the example images in workflows/inputs" in proc.stdout
     files = list(out.glob("*.png"))
-    assert [f.name for f in files] == ["scsa_sd15_color_maps_29.png"]
+    assert [f.name for f in files] == ["scsa_sd15_color_maps_example.png"]
     wi.check_image(files[0], size=rw.TINY_SIZE)
 
 

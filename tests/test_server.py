@@ -2,8 +2,9 @@
 
 - /object_info lists every SCSA node with the inputs of its schema, under the SCSA menu, with
   a tooltip on every input;
-- the committed example workflows are what scripts/make_workflows.py generates now, their UI
-  and API files agree, and ComfyUI serves them as the pack's templates;
+- the committed workflows are what scripts/make_workflows.py generates now (the same on every
+  ComfyUI version: this server's core nodes fit the generator's pinned CORE_NODES), their UI and
+  API files agree, and ComfyUI serves exactly the UI files of workflows/ as the pack's templates;
 - each API workflow runs: POST /prompt, poll /history, the saved image is a real image.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 import workflow_inputs as wi
 from pack import pack_module
+from scripts import comfyui_runtime as rt
 from scripts import make_workflows as mw
 from scripts import workflow_format as wf
 
@@ -73,6 +75,28 @@ def test_committed_workflows_are_what_the_generator_makes(defs):
                           "`.venv/bin/python scripts/make_workflows.py`:\n" + "\n".join(problems))
 
 
+def test_core_nodes_of_this_comfyui_fit_the_pinned_ones(defs):
+    """The files are rendered from CORE_NODES, not from this server: they load right here only
+    if this ComfyUI lays those nodes out the same way."""
+    assert mw.core_node_problems(defs) == []
+    assert set(mw.CORE_NODES) == {t for t in mw.used_node_types() if not t.startswith("SCSA")}
+
+
+def test_core_node_check_tells_a_changed_layout_from_an_added_output(defs):
+    changed = wf.deep_copy(defs)
+    changed["SaveImage"]["output"] = ["IMAGE", "STRING"]       # more outputs after the pinned: fine
+    changed["SaveImage"]["output_name"] = ["images", "text"]
+    assert mw.core_node_problems(changed) == []
+    changed["LoadImage"]["input"]["required"]["resize"] = ["BOOLEAN", {"default": False}]
+    changed["LoadImage"]["input_order"]["required"].append("resize")   # a new widget shifts values
+    changed["VAEEncode"]["output"] = ["IMAGE"]                         # a linked output changed type
+    del changed["VAEDecode"]
+    problems = mw.core_node_problems(changed)
+    assert [p.split(":")[0] for p in problems] == ["LoadImage", "LoadImage", "VAEEncode", "VAEDecode"], problems
+    # the generator's output does not follow the server's core nodes
+    assert mw.render(changed) == mw.render(defs)
+
+
 @pytest.mark.parametrize("name", wi.WORKFLOWS)
 def test_ui_file_converts_to_the_api_file(defs, name):
     ui, api = wi.committed(name)
@@ -93,15 +117,17 @@ def test_ui_file_converts_to_the_api_file(defs, name):
 
 
 def test_templates_are_served(server):
+    """Exactly the UI workflows are templates (not the API twins in workflows/api/, not the
+    images in workflows/inputs/), and the served files are the committed ones, byte for byte."""
     with urllib.request.urlopen(server + "/api/workflow_templates", timeout=30) as r:
         templates = json.loads(r.read())
-    pack = [k for k in templates if set(wi.WORKFLOWS) <= set(templates[k])]
-    assert pack, f"the pack's workflows are not listed as templates: {templates}"
+    assert sorted(templates.get(rt.PACK_NAME, [])) == sorted(wi.WORKFLOWS), templates
     for name in wi.WORKFLOWS:
-        with urllib.request.urlopen(f"{server}/api/workflow_templates/{pack[0]}/{name}.json", timeout=30) as r:
-            assert json.loads(r.read()) == wi.committed(name)[0]
-        with urllib.request.urlopen(f"{server}/api/workflow_templates/{pack[0]}/{name}.jpg", timeout=30) as r:
-            assert r.read(3) == b"\xff\xd8\xff", f"{name}.jpg is not a JPEG"
+        paths = mw.paths(name)
+        with urllib.request.urlopen(f"{server}/api/workflow_templates/{rt.PACK_NAME}/{name}.json", timeout=30) as r:
+            assert r.read() == paths["ui"].read_bytes()
+        with urllib.request.urlopen(f"{server}/api/workflow_templates/{rt.PACK_NAME}/{name}.jpg", timeout=30) as r:
+            assert r.read() == paths["thumbnail"].read_bytes(), f"{name}.jpg"
 
 
 # ---------------------------------------------------------------------------------- runs

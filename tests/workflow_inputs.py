@@ -1,13 +1,15 @@
 """Inputs and checks shared by the workflow tests (server, browser, runner).
 
-The example workflows read ``scsa_content.png``, ``scsa_style.png``, ``scsa_content_map.png``
-and ``scsa_style_map.png`` from ComfyUI's input folder; ``place_images`` writes them there at
-64 x 64 px (8 x 8 latents): pair 29 of the SCSA dataset (``$SCSA_SEM_PAIRS_DIR`` or
-``../shared/data/sem_pairs``), or a synthetic pair painted with the same four region colours
-(230-valued primaries) when that folder is absent.
+The example workflows read ``scsa_example_content.png``, ``scsa_example_style.png``,
+``scsa_example_content_map.png`` and ``scsa_example_style_map.png`` from ComfyUI's input folder
+(the pack puts the 512 px originals there at start-up); ``place_images`` overwrites them there
+with 64 x 64 px versions (8 x 8 latents, fast on a CPU): pair 29 of the SCSA dataset
+(``$SCSA_SEM_PAIRS_DIR`` or ``../shared/data/sem_pairs``), or the shipped synthetic example
+(scripts/make_example_inputs.py, same four region colours) when that folder is absent.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 import urllib.request
@@ -17,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from oracle_data import sem_pairs_dir
+from scripts import make_example_inputs as examples
 from scripts import make_workflows as mw
 from scripts import workflow_format as wf
 
@@ -37,25 +40,19 @@ def pair_files(folder: Path | None = None) -> dict[str, Path] | None:
     return files if all(p.is_file() for p in files.values()) else None
 
 
-def synthetic_pair(size: int = SIZE, seed: int = 0) -> dict[str, Image.Image]:
-    """A content/style pair with maps in the example workflows' four region colours."""
-    rng = np.random.default_rng(seed)
-    colours = [tuple((c >> s) & 255 for s in (16, 8, 0)) for c in mw.REGION_COLOURS]
-    y, x = np.mgrid[0:size, 0:size] / size
-    images = {}
-    for side, (tilt, shift) in {"content": (0.3, 0.0), "style": (-0.2, 0.1)}.items():
-        labels = np.zeros((size, size), dtype=np.int64)          # sky
-        labels[y > 0.35 + tilt * (x - 0.5) + shift] = 1        # hills
-        labels[(y > 0.7 + shift / 2) & (x < 0.6)] = 2           # field
-        labels[(x - 0.75) ** 2 + (y - 0.2) ** 2 < 0.012] = 3    # sun
-        images[f"{side}_map"] = Image.fromarray(np.array(colours, dtype=np.uint8)[labels])
-        base = np.array([[90, 140, 220], [60, 120, 60], [200, 180, 60], [250, 220, 120]], dtype=np.float64)
-        if side == "style":
-            base = base[:, ::-1] * 0.9
-        pixels = base[labels] + rng.normal(0, 18 if side == "style" else 6, (size, size, 3))
-        pixels += 40 * np.sin(8 * x + 5 * y)[..., None]
-        images[side] = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    return images
+@functools.lru_cache(maxsize=1)
+def _example_pixels() -> dict[str, np.ndarray]:
+    return examples.role_images()
+
+
+def synthetic_pair(size: int = SIZE) -> dict[str, Image.Image]:
+    """role -> the shipped example image (scripts/make_example_inputs.py) at ``size`` px:
+    images resampled with Lanczos, maps without interpolation (their colours stay exact)."""
+    out = {}
+    for role, pixels in _example_pixels().items():
+        image = Image.fromarray(pixels, "RGB")
+        out[role] = image.resize((size, size), Image.NEAREST if role.endswith("map") else Image.LANCZOS)
+    return out
 
 
 def pair_images(size: int = SIZE, synthetic: bool = False) -> dict[str, Image.Image]:
