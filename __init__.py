@@ -11,8 +11,9 @@ async def comfy_entrypoint():
     from comfy_api.latest import ComfyExtension
 
     from .nodes.example_inputs import install_examples
+    from .nodes.diffusion_nodes import NODES as DIFFUSION_NODES
     from .nodes.mask_nodes import NODES as MASK_NODES
-    from .nodes.scsa_nodes import NODES
+    from .nodes.semantic_nodes import NODES as SEMANTIC_NODES
 
     class SCSAExtension(ComfyExtension):
         loaded = False
@@ -31,6 +32,6 @@ async def comfy_entrypoint():
 
         async def get_node_list(self):
             await self.on_load()
-            return NODES + MASK_NODES
+            return SEMANTIC_NODES + MASK_NODES + DIFFUSION_NODES
 
     return SCSAExtension()

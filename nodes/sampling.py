@@ -21,12 +21,6 @@ import latent_preview
 from .injection import RUN_KEY
 
 
-def alphas_cumprod(model_patcher) -> torch.Tensor:
-    """``abar_t`` for t = 0..999 from the model's own noise schedule (float64, CPU)."""
-    sigmas = model_patcher.get_model_object("model_sampling").sigmas.detach().double().cpu()
-    return 1.0 / (1.0 + sigmas ** 2)
-
-
 def preview_reporter(model_patcher, total_steps: int) -> Callable[[int, torch.Tensor], None]:
     """``report(step, predicted_x0)``: ComfyUI's live preview and progress for a sampling loop.
 

@@ -112,6 +112,7 @@ class Progress:
         self.node = None
         self.last_bucket = None
         self.started = time.monotonic()
+        self.previews = 0
 
     def _title(self, node_id) -> str:
         node = self.prompt.get(str(node_id), {})
@@ -148,8 +149,18 @@ class Progress:
         self._emit(f"node {len(self.done) + 1}/{len(self.prompt)}: {self._title(node_id)}: "
                    f"step {value}/{maximum}")
 
+    def preview(self, image: bytes) -> None:
+        """A live preview frame (JPEG or PNG bytes) of the node now executing."""
+        self.previews += 1
+
     def finished(self, ok: bool) -> None:
         self._emit(f"{'done' if ok else 'FAILED'} in {time.monotonic() - self.started:.1f} s", final=True)
+
+
+# ComfyUI's binary websocket frame of a live preview: 4-byte event type (BinaryEventTypes
+# .PREVIEW_IMAGE = 1, big-endian), 4-byte image format, then the image file's bytes. It carries no
+# node id: it belongs to the node that is executing.
+PREVIEW_IMAGE = 1
 
 
 def run_prompt(client: Client, prompt: dict, progress: Progress, timeout: float) -> dict:
@@ -178,6 +189,9 @@ def run_prompt(client: Client, prompt: dict, progress: Progress, timeout: float)
                     raw = None
                 if isinstance(raw, str):
                     _on_message(json.loads(raw), prompt_id, progress)
+                elif isinstance(raw, (bytes, bytearray)) and len(raw) > 8 and \
+                        int.from_bytes(raw[:4], "big") == PREVIEW_IMAGE:
+                    progress.preview(bytes(raw[8:]))
             else:
                 time.sleep(0.5)
             if time.monotonic() >= next_poll:

@@ -9,8 +9,12 @@ The work splits in two, because half of it never reads the current latent:
 * :func:`ssa_output` mixes in the current block input ``x_t`` and picks, per head, the best
   same-label style token.
 
-:func:`fuse` combines them as ``x_t + t1 * O1 + t2 * O2`` where ``O = to_out(.)``.
-:func:`scsa_block` runs the whole call; the tests and the benchmark use it.
+:func:`inject` assembles the block's new hidden state ``x_t + t1 * O1 + t2 * O2`` where
+``O = to_out(.)``: the one place that does, for the sampler (stored or recomputed references),
+the tests and the benchmark. :func:`scsa_block` runs the whole call.
+
+StyleID (no semantics) has the same two halves: :func:`styleid_terms` from the references,
+:func:`styleid_inject` for the current latent.
 """
 from __future__ import annotations
 
@@ -20,10 +24,12 @@ from typing import Callable
 import torch
 
 from .adain import instance_normalize, semantic_adain
-from .attention import LabelPairing, semantic_continuous_attention, semantic_sparse_attention
+from .attention import (LabelPairing, semantic_continuous_attention, semantic_sparse_attention,
+                        styleid_attention)
 
 __all__ = ["SCSAParams", "BlockLayers", "ReferenceInputs", "ReferenceProjections",
-           "ReferenceTerms", "PRESETS", "project_references", "reference_terms", "ssa_output", "fuse", "scsa_block"]
+           "ReferenceTerms", "PRESETS", "project_references", "reference_terms", "ssa_output", "fuse", "inject",
+           "scsa_block", "StyleIDTerms", "styleid_terms", "styleid_inject"]
 
 PRESETS = ("default", "official")
 
@@ -145,12 +151,42 @@ def fuse(x_t: torch.Tensor, sca_projected: torch.Tensor, ssa_projected: torch.Te
     return x_t + params.sca_weight * sca_projected + params.ssa_weight * ssa_projected
 
 
+def inject(layers: BlockLayers, x_t: torch.Tensor, terms: ReferenceTerms, heads: int,
+           params: SCSAParams) -> torch.Tensor:
+    """The block's hidden state after SCSA self-attention, for block inputs ``x_t`` ``[B, N, C]``."""
+    sca_projected = layers.to_out(terms.sca)
+    ssa_projected = layers.to_out(ssa_output(layers, x_t, terms, heads, params))
+    return fuse(x_t, sca_projected, ssa_projected, params)
+
+
 def scsa_block(layers: BlockLayers, x_t: torch.Tensor, refs: ReferenceInputs,
                content_labels: torch.Tensor, style_labels: torch.Tensor, pairing: LabelPairing,
                heads: int, params: SCSAParams) -> torch.Tensor:
     """The whole SCSA self-attention step of one block: ``[B, N, C] -> [B, N, C]``."""
     terms = reference_terms(layers, refs, project_references(layers, refs), content_labels,
                             style_labels, pairing, heads, params)
-    sca_projected = layers.to_out(terms.sca)
-    ssa_projected = layers.to_out(ssa_output(layers, x_t, terms, heads, params))
-    return fuse(x_t, sca_projected, ssa_projected, params)
+    return inject(layers, x_t, terms, heads, params)
+
+
+@dataclass(frozen=True)
+class StyleIDTerms:
+    """What StyleID's injection reads from the references at one (step, block)."""
+    content_query: torch.Tensor   # [1, N, C] W_q(LN1(content))
+    style_key: torch.Tensor       # [1, M, C] W_k(LN1(style))
+    style_value: torch.Tensor     # [1, M, C] W_v(LN1(style))
+
+
+def styleid_terms(layers: BlockLayers, refs: ReferenceInputs) -> StyleIDTerms:
+    """StyleID's reference projections (the semantic maps play no part)."""
+    style_normed = layers.norm1(refs.style)
+    return StyleIDTerms(layers.to_q(layers.norm1(refs.content)), layers.to_k(style_normed),
+                        layers.to_v(style_normed))
+
+
+def styleid_inject(layers: BlockLayers, x_t: torch.Tensor, terms: StyleIDTerms, heads: int,
+                   gamma: float, temperature: float) -> torch.Tensor:
+    """The block's hidden state after StyleID self-attention: ``x_t + to_out(attention)``."""
+    query = layers.to_q(layers.norm1(x_t))
+    attention = styleid_attention(query, terms.content_query, terms.style_key, terms.style_value, heads,
+                                  gamma, temperature)
+    return x_t + layers.to_out(attention)

@@ -8,7 +8,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def pack_module(relative: str):
-    """The loaded module for ``relative`` (e.g. ``"nodes/scsa_nodes.py"``); needs the ``comfy`` fixture."""
+    """The loaded module for ``relative`` (e.g. ``"nodes/pipeline.py"``); needs the ``comfy`` fixture."""
     target = (REPO_ROOT / relative).resolve()
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)

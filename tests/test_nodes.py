@@ -105,13 +105,14 @@ def test_scsa_runs_is_deterministic_and_changes_the_output(comfy, tiny_checkpoin
     # Sampling the same inversion with injection switched off (no blocks) is plain DDIM.
     injection = pack_module("nodes/injection.py")
     sampling = pack_module("nodes/sampling.py")
-    scsa_nodes = pack_module("nodes/scsa_nodes.py")
+    pipeline = pack_module("nodes/pipeline.py")
+    families = pack_module("nodes/families.py")
     schedules = pack_module("scsa_core/schedules.py")
     model, inversion = first["apply"][0], first["invert"][0]
-    settings = injection.find_patch(model).settings
+    settings = injection.apply_settings(model)
     schedule = schedules.sampling_schedule(inversion.steps, "official")
-    start = scsa_nodes.initial_latent(inversion, settings, schedule.start_from, "auto")
-    alphas = sampling.alphas_cumprod(model)
+    start = pipeline.initial_latent(inversion, settings, schedule.start_from, "auto")
+    alphas = families.alphas_cumprod(model)
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
         plain = sampling.run_ddim(model, inversion.conditioning, torch.zeros(1, 4, SIZE // 8, SIZE // 8),
                                   lambda eps_fn, _: schedules.ddim_sample(eps_fn, start, schedule, alphas),
@@ -159,8 +160,8 @@ def test_input_model_is_untouched_and_stock_ksampler_is_unchanged(comfy, tiny_ch
             "latent_image": ["z_content", 0], "denoise": 0.6}}
     result = comfy.run_prompt(prompt, outputs=["sample", "ks_plain", "ks_patched"])
     assert _fingerprint(result["ckpt"][0]) == before
-    assert injection.find_patch(result["ckpt"][0]) is None
-    assert injection.find_patch(result["apply"][0]) is not None
+    assert injection.apply_settings(result["ckpt"][0]) is None
+    assert injection.apply_settings(result["apply"][0]) is not None
     assert torch.equal(_latent(result, "ks_plain"), _latent(result, "ks_patched"))
 
 
@@ -207,7 +208,7 @@ def test_clear_errors(comfy, tiny_checkpoint, images):
 
 
 def test_model_without_unet_attention_is_refused(comfy):
-    scsa_nodes = pack_module("nodes/scsa_nodes.py")
+    families = pack_module("nodes/families.py")
 
     class DiT(torch.nn.Module):
         def __init__(self):
@@ -225,16 +226,16 @@ def test_model_without_unet_attention_is_refused(comfy):
         model = FakeModel()
 
     with pytest.raises(ValueError, match="SD1.x, SD2.x and SDXL"):
-        scsa_nodes.resolve_blocks(FakePatcher(), "auto")
+        families.family_of(FakePatcher())
 
 
 def test_block_parsing(comfy):
-    scsa_nodes = pack_module("nodes/scsa_nodes.py")
-    assert scsa_nodes.parse_blocks("output 6-11") == [("output", n) for n in range(6, 12)]
-    assert scsa_nodes.parse_blocks("output 6, 9-10; input 4") == [("output", 6), ("output", 9),
-                                                                  ("output", 10), ("input", 4)]
+    families = pack_module("nodes/families.py")
+    assert families.parse_blocks("output 6-11") == [("output", n) for n in range(6, 12)]
+    assert families.parse_blocks("output 6, 9-10; input 4") == [("output", 6), ("output", 9),
+                                                                ("output", 10), ("input", 4)]
     with pytest.raises(ValueError, match="cannot read"):
-        scsa_nodes.parse_blocks("decoder everything")
+        families.parse_blocks("decoder everything")
 
 
 # ------------------------------------------------------------------------------ storage modes
@@ -266,10 +267,10 @@ def test_storage_modes_give_the_same_result(comfy, tiny_checkpoint, images, sema
 
 
 def test_storage_choice_by_free_memory(comfy, monkeypatch):
-    scsa_nodes = pack_module("nodes/scsa_nodes.py")
+    pipeline = pack_module("nodes/pipeline.py")
     GB = 2 ** 30
     free = {"cpu": 32 * GB, "cuda": 8 * GB}
-    monkeypatch.setattr(scsa_nodes.comfy.model_management, "get_free_memory",
+    monkeypatch.setattr(pipeline.comfy.model_management, "get_free_memory",
                         lambda device=None: free[torch.device(device).type])
 
     class Patcher:
@@ -282,25 +283,26 @@ def test_storage_choice_by_free_memory(comfy, monkeypatch):
             return 0
 
     gpu = Patcher()
-    assert scsa_nodes.choose_storage("auto", gpu, int(2.2 * GB)) == ("memory", gpu.load_device)
-    assert scsa_nodes.choose_storage("auto", gpu, 4 * GB) == ("offload", torch.device("cpu"))
-    assert scsa_nodes.choose_storage("auto", gpu, 20 * GB) == ("recompute", gpu.load_device)
-    assert scsa_nodes.choose_storage("recompute", gpu, 100 * GB) == ("recompute", gpu.load_device)
+    assert pipeline.choose_storage("auto", gpu, int(2.2 * GB)) == ("memory", gpu.load_device)
+    assert pipeline.choose_storage("auto", gpu, 4 * GB) == ("offload", torch.device("cpu"))
+    assert pipeline.choose_storage("auto", gpu, 20 * GB) == ("recompute", gpu.load_device)
+    assert pipeline.choose_storage("recompute", gpu, 100 * GB) == ("recompute", gpu.load_device)
     with pytest.raises(ValueError, match=r"storage: 'memory' needs 7.00 GB .* only 6.00 GB is free.*'offload'"):
-        scsa_nodes.choose_storage("memory", gpu, 7 * GB)
+        pipeline.choose_storage("memory", gpu, 7 * GB)
     with pytest.raises(ValueError, match=r"storage: 'offload' needs 40.00 GB of RAM.*'recompute'"):
-        scsa_nodes.choose_storage("offload", gpu, 40 * GB)
+        pipeline.choose_storage("offload", gpu, 40 * GB)
 
     cpu = Patcher()
     cpu.load_device = torch.device("cpu")
     free["cpu"] = 10 * GB
-    assert scsa_nodes.choose_storage("auto", cpu, 4 * GB) == ("memory", cpu.load_device)
-    assert scsa_nodes.choose_storage("auto", cpu, 6 * GB) == ("recompute", cpu.load_device)
+    assert pipeline.choose_storage("auto", cpu, 4 * GB) == ("memory", cpu.load_device)
+    assert pipeline.choose_storage("auto", cpu, 6 * GB) == ("recompute", cpu.load_device)
 
 
 def test_inline_reference_rows_per_cond_chunk(comfy):
     """With recompute storage each cond/uncond chunk ends with the reference rows."""
     injection = pack_module("nodes/injection.py")
-    run = injection.InjectRun(bank=None, blocks=frozenset(), settings=None, inline_streams=("content", "style"))
-    assert run._chunks(6, {"cond_or_uncond": [1, 0]}) == [(slice(0, 1), slice(1, 3)), (slice(3, 4), slice(4, 6))]
-    assert run._chunks(3, {"cond_or_uncond": [0]}) == [(slice(0, 1), slice(1, 3))]
+    references = len(("content", "style"))
+    assert injection.chunk_rows(6, {"cond_or_uncond": [1, 0]}, references) == \
+        [(slice(0, 1), slice(1, 3)), (slice(3, 4), slice(4, 6))]
+    assert injection.chunk_rows(3, {"cond_or_uncond": [0]}, references) == [(slice(0, 1), slice(1, 3))]

@@ -88,12 +88,12 @@ def test_pipeline_reproduces_official_latents(pair, comfy, oracle_checkpoint):
         report[key] = _rel_l2(inversion.latent_at(999, stream).cpu(), inversion_ref[key])
         assert report[key] <= tolerance, (key, report[key])
 
-    scsa_nodes = pack_module("nodes/scsa_nodes.py")
+    pipeline = pack_module("nodes/pipeline.py")
     injection = pack_module("nodes/injection.py")
     schedules = pack_module("scsa_core/schedules.py")
-    settings = injection.find_patch(result["apply"][0]).settings
+    settings = injection.apply_settings(result["apply"][0])
     start_from = schedules.sampling_schedule(meta["ddim_inversion_steps"], "official").start_from
-    start = scsa_nodes.initial_latent(inversion, settings, start_from, "semantic AdaIN").cpu()
+    start = pipeline.initial_latent(inversion, settings, start_from, "semantic AdaIN").cpu()
     report["x_T_init_sadain"] = _rel_l2(start, sampling_ref["x_T_init_sadain"])
     final = result["sample"][0]["samples"] * LATENT_SCALE
     report["final_latent"] = _rel_l2(final, sampling_ref["final_latent"])

@@ -307,13 +307,14 @@ def without_injection(result, model_node="apply") -> torch.Tensor:
     """The same sampler run on the same model and inversion with no block injected."""
     injection = pack_module("nodes/injection.py")
     sampling = pack_module("nodes/sampling.py")
-    scsa_nodes = pack_module("nodes/scsa_nodes.py")
+    pipeline = pack_module("nodes/pipeline.py")
+    families = pack_module("nodes/families.py")
     schedules = pack_module("scsa_core/schedules.py")
     model, inversion = result[model_node][0], result["invert"][0]
-    settings = injection.find_patch(model).settings
+    settings = injection.apply_settings(model)
     schedule = schedules.sampling_schedule(inversion.steps, "official")
-    start = scsa_nodes.initial_latent(inversion, settings, schedule.start_from, "auto")
-    alphas = sampling.alphas_cumprod(model)
+    start = pipeline.initial_latent(inversion, settings, schedule.start_from, "auto")
+    alphas = families.alphas_cumprod(model)
     with torch.inference_mode():
         plain = sampling.run_ddim(model, inversion.conditioning, torch.zeros((1,) + tuple(inversion.latent_shape[1:])),
                                   lambda eps_fn, _: schedules.ddim_sample(eps_fn, start, schedule, alphas),

@@ -42,7 +42,7 @@ def test_object_info_lists_every_scsa_node_with_its_schema_inputs(defs, comfy):
     ours = sorted(k for k, v in defs.items() if v.get("python_module") == wi.PACK_MODULE)
     assert ours == sorted(wi.PACK_NODES), "the server's SCSA nodes differ from the expected list"
     schema_nodes = {}
-    for module in ("nodes/scsa_nodes.py", "nodes/mask_nodes.py"):
+    for module in ("nodes/semantic_nodes.py", "nodes/mask_nodes.py", "nodes/diffusion_nodes.py"):
         for cls in pack_module(module).NODES:
             schema = cls.define_schema()
             schema_nodes[schema.node_id] = schema

@@ -1,0 +1,165 @@
+"""The diffusion nodes: SCSAInvert, SCSAApply, SCSAStyleSampler (StyleID-style injection).
+
+  Load Checkpoint -> SCSAInvert(content, style, map latents) -----------> INVERSION
+  Load Checkpoint -> SCSAApply(semantics, weights) -> SCSAStyleSampler(inversion) -> LATENT
+
+SCSAInvert takes the *unpatched* model, so changing SCSAApply's weights or the sampler's
+settings re-runs sampling only: ComfyUI keeps the inversion in its cache. Each node checks its
+sockets and makes one call into ``nodes/pipeline.py``, where the runs live.
+"""
+from __future__ import annotations
+
+import torch
+
+from comfy_api.latest import io
+
+from ..scsa_core.block import PRESETS, SCSAParams
+from ..scsa_core.schedules import TIMESTEP_MODES
+from .families import family_of
+from .injection import SETTINGS_KEY, ApplySettings, StyleIDParams
+from .pipeline import INIT_MODES, STORAGE_MODES, invert, style_sample
+from .semantic_nodes import CATEGORY, Semantics
+
+Inversion = io.Custom("SCSA_INVERSION")
+
+
+def _latent(latent: dict | None, name: str) -> torch.Tensor | None:
+    if latent is None:
+        return None
+    samples = latent["samples"]
+    if samples.dim() != 4:
+        raise ValueError(f"{name}: expected an image latent [batch, channels, height, width], got {tuple(samples.shape)}")
+    if samples.shape[0] != 1:
+        raise ValueError(f"{name}: has a batch of {samples.shape[0]} images; SCSAInvert takes one image per "
+                         "input. Use 'Latent From Batch' to pick one.")
+    return samples
+
+
+class SCSAInvert(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCSAInvert", display_name="Invert Content & Style (SCSA)", category=CATEGORY,
+            description="DDIM-inverts the content, style and semantic-map latents in one batch (two when "
+                        "content and style differ in size) and records "
+                        "the self-attention features that SCSAStyleSampler injects. Connect the model "
+                        "straight from Load Checkpoint (not from SCSAApply), so tweaking SCSAApply or the "
+                        "sampler re-runs sampling only.",
+            inputs=[
+                io.Model.Input("model", tooltip="The unpatched model (from Load Checkpoint / LoRA loaders)."),
+                io.Conditioning.Input("conditioning", tooltip="The empty prompt: CLIP Text Encode with no text."),
+                io.Latent.Input("content", tooltip="VAE-encoded content image."),
+                io.Latent.Input("style", tooltip="VAE-encoded style image (any size; its map must match it)."),
+                io.Latent.Input("content_map", optional=True,
+                                tooltip="VAE-encoded content semantic map (the colour map image). Needed for SCSA."),
+                io.Latent.Input("style_map", optional=True,
+                                tooltip="VAE-encoded style semantic map. Needed for SCSA."),
+                io.Int.Input("steps", default=50, min=2, max=1000,
+                             tooltip="DDIM steps of the inversion and of the sampling (StyleID/SCSA use 50)."),
+                io.String.Input("blocks", default="auto",
+                                tooltip='Where features are recorded and later injected. "auto": the decoder\'s '
+                                        'two finest attention levels (SD1.x: output 6-11). Or e.g. "output 6-11".'),
+                io.Combo.Input("storage", options=list(STORAGE_MODES), default="auto", optional=True,
+                               tooltip="Where the recorded features live (SD1.5, 512 px, 50 steps: about 2.2 GB "
+                                       "in fp16). memory: GPU, fastest. offload: CPU RAM. recompute: keeps only "
+                                       "the inverted latents (a few MB) and recomputes the features while "
+                                       "sampling, in the same batch (the whole run takes about 1.6x longer). "
+                                       "auto: memory if it fits easily, else offload, else recompute. All give "
+                                       "the same image."),
+            ],
+            outputs=[Inversion.Output("inversion", display_name="inversion")],
+        )
+
+    @classmethod
+    def execute(cls, model, conditioning, content, style, steps, blocks, content_map=None, style_map=None,
+                storage="auto"):
+        latents = {"content": _latent(content, "content"), "style": _latent(style, "style"),
+                   "content_map": _latent(content_map, "content_map"),
+                   "style_map": _latent(style_map, "style_map")}
+        if (latents["content_map"] is None) != (latents["style_map"] is None):
+            raise ValueError("content_map / style_map: connect both semantic map latents, or neither (StyleID).")
+        return io.NodeOutput(invert(model, conditioning, latents, steps, blocks, storage))
+
+
+class SCSAApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCSAApply", display_name="Apply SCSA", category=CATEGORY,
+            description="Patches a copy of the model's self-attention with SCSA (with semantics) or StyleID "
+                        "(without). The input model is not changed; with a stock KSampler the patched model "
+                        "behaves exactly like the original.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to patch (from Load Checkpoint or LoRA loaders). "
+                                                "Use the same base model as SCSAInvert."),
+                Semantics.Input("semantics", optional=True,
+                                tooltip="From SCSASemanticPair or SCSASemanticFromMasks. Without it: StyleID."),
+                io.Combo.Input("preset", options=list(PRESETS), default="default",
+                               tooltip="default: the paper's maths with its defects fixed (regions missing "
+                                       "from the style use the whole style). official: reproduces the "
+                                       "official code exactly, quirks included."),
+                io.Float.Input("sca_weight", default=0.8, min=0.0, max=2.0, step=0.05,
+                               tooltip="t1: weight of continuous attention (smooth, region-wise style)."),
+                io.Float.Input("ssa_weight", default=0.2, min=0.0, max=2.0, step=0.05,
+                               tooltip="t2: weight of sparse attention (sharp textures copied from the "
+                                       "best-matching style spot of the same region)."),
+                io.Float.Input("semantic_share", default=0.3, min=0.0, max=1.0, step=0.05,
+                               tooltip="a1: how much the semantic maps' features steer continuous attention."),
+                io.Float.Input("content_share", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="a2: share of the content image (vs the current latent) in sparse "
+                                       "attention's query. Higher keeps more content structure."),
+                io.Float.Input("temperature", default=1.2, min=0.1, max=5.0, step=0.05,
+                               tooltip="T: sharpens SCSA's continuous attention (> 1 = stronger style)."),
+                io.Float.Input("gamma", default=0.75, min=0.0, max=1.0, step=0.05,
+                               tooltip="StyleID mode (no semantics): share of the content query. Higher "
+                                       "preserves content."),
+                io.Float.Input("styleid_temperature", default=1.5, min=0.1, max=5.0, step=0.05, optional=True,
+                               tooltip="StyleID mode: attention temperature (StyleID's default 1.5)."),
+            ],
+            outputs=[io.Model.Output("patched_model", display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, preset, sca_weight, ssa_weight, semantic_share, content_share, temperature,
+                gamma, semantics=None, styleid_temperature=1.5):
+        family_of(model)  # an unsupported model fails here, not at sampling time
+        settings = ApplySettings(
+            semantics=semantics,
+            params=SCSAParams(preset=preset, sca_weight=sca_weight, ssa_weight=ssa_weight,
+                              semantic_share=semantic_share, content_share=content_share,
+                              temperature=temperature),
+            styleid=StyleIDParams(gamma=gamma, temperature=styleid_temperature))
+        # Only the settings go on the clone: SCSAStyleSampler patches self-attention on its own
+        # clone, on the blocks the inversion recorded, so any other sampler sees the model as is.
+        patched = model.clone()
+        patched.set_attachments(SETTINGS_KEY, settings)
+        return io.NodeOutput(patched)
+
+
+class SCSAStyleSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCSAStyleSampler", display_name="Style Sampler (SCSA)", category=CATEGORY,
+            description="Denoises from the inverted content with the style features injected into the "
+                        "blocks SCSAInvert recorded. Decode the result with VAE Decode.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model from SCSAApply."),
+                Inversion.Input("inversion", tooltip="From SCSAInvert, on the same base model."),
+                io.Combo.Input("init", options=list(INIT_MODES), default="auto",
+                               tooltip="Starting latent: semantic AdaIN (region-wise colour statistics of "
+                                       "the style; SCSA's), AdaIN (global; StyleID's), none (the inverted "
+                                       "content). auto: semantic AdaIN with semantics, else AdaIN."),
+                io.Combo.Input("timesteps", options=list(TIMESTEP_MODES), default="official",
+                               tooltip="official: StyleID's schedule (skips the first step, as the papers "
+                                       "did). aligned: starts at the first inverted step, one step more."),
+            ],
+            outputs=[io.Latent.Output("latent", display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, init, timesteps):
+        return io.NodeOutput({"samples": style_sample(model, inversion, init, timesteps)})
+
+
+NODES = [SCSAInvert, SCSAApply, SCSAStyleSampler]
