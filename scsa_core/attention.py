@@ -155,15 +155,22 @@ def semantic_sparse_attention(query: torch.Tensor, key: torch.Tensor, value: tor
     ``return_index``, the chosen key per head ``int64 [B, H, N]``). Ties go to the lowest key
     index. No softmax is needed: a masked argmax and a gather are exact. Scores are computed in
     query chunks, so extra memory is ``O(chunk x M)`` rather than ``O(H x N x M)``.
+
+    Unmatched rows (no key of their label): ``"all"`` takes the argmax over every key;
+    ``"official"`` gives the uniform mean of all values, as the official code does (its fully
+    masked row is all equal, so the softmax it scatters the argmax into is uniform), and their
+    chosen index is -1.
     """
     _check_unmatched(unmatched)
     query, key, value = _broadcast_batch(query, key, value)
     q, k, v = split_heads(query, heads), split_heads(key, heads), split_heads(value, heads)
     batch, _, tokens, dim = q.shape
     chosen = torch.empty(batch, heads, tokens, dtype=torch.long, device=q.device)
+    uniform_rows = []
     for group in pairing.groups:
         if group.key_index is None and unmatched == "official":
-            chosen[:, :, group.query_index] = 0
+            chosen[:, :, group.query_index] = 0  # a placeholder for the gather; replaced below
+            uniform_rows.append(group.query_index)
             continue
         key_index = group.key_index
         k_group = k if key_index is None else k.index_select(2, key_index)
@@ -174,6 +181,10 @@ def semantic_sparse_attention(query: torch.Tensor, key: torch.Tensor, value: tor
             best = torch.matmul(q.index_select(2, rows), k_t).argmax(dim=-1)
             chosen[:, :, rows] = best if key_index is None else key_index[best]
     picked = torch.gather(v, 2, chosen.unsqueeze(-1).expand(-1, -1, -1, dim))
+    if uniform_rows:
+        rows = torch.cat(uniform_rows)
+        picked[:, :, rows] = v.mean(dim=2, keepdim=True).to(picked.dtype)
+        chosen[:, :, rows] = -1
     out = merge_heads(picked)
     return (out, chosen) if return_index else out
 

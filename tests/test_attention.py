@@ -104,9 +104,14 @@ def test_official_unmatched_rows_reproduce_the_fully_masked_behaviour():
     pairing = pair_labels(q_labels, k_labels)
     sca = semantic_continuous_attention(query, key, value, pairing, HEADS, unmatched="official")
     assert torch.allclose(sca[0, 5:], value[0].mean(dim=0).expand(5, -1))
-    _, chosen = semantic_sparse_attention(query, key, value, pairing, HEADS, unmatched="official",
-                                          return_index=True)
-    assert (chosen[..., 5:] == 0).all()
+    ssa, chosen = semantic_sparse_attention(query, key, value, pairing, HEADS, unmatched="official",
+                                            return_index=True)
+    # The official code's fully masked SSA row: all logits equal, so the softmax its argmax is
+    # scattered into is uniform: the mean of every style value, not style token 0.
+    torch.testing.assert_close(ssa[0, 5:], value[0].mean(dim=0).expand(5, -1))
+    assert not torch.allclose(ssa[0, 5:], value[0, :1].expand(5, -1))
+    assert (chosen[..., 5:] == -1).all() and (chosen[..., :5] >= 0).all()
+    torch.testing.assert_close(ssa[0, :5], semantic_sparse_attention(query, key, value, pairing, HEADS)[0, :5])
     default = semantic_continuous_attention(query, key, value, pairing, HEADS)
     torch.testing.assert_close(default[:, 5:], plain_attention(query, key, value, HEADS)[:, 5:])
 
