@@ -67,24 +67,24 @@ def _features_bytes(inversion) -> int:
     return inversion.bank.nbytes + inversion.trajectory_bytes
 
 
-def time_runs(scsa_nodes, labels, args) -> None:
+def time_runs(pack, args) -> None:
     import nodes
     patcher = cf.build_tiny_sd15_patcher(seed=0, model_channels=args.width)
     for size in args.sizes:
         latents = _latents(size)
-        semantics = _semantics(labels, size)
+        semantics = _semantics(pack.labels, size)
 
         def plain():
             return nodes.common_ksampler(patcher, 0, args.steps, 1.0, "ddim", "ddim_uniform",
                                          _conditioning(), _conditioning(), latents["content"])
 
         def scsa(storage):
-            inversion = scsa_nodes.SCSAInvert.execute(model=patcher, conditioning=_conditioning(), steps=args.steps,
-                                                      blocks="auto", storage=storage, **latents).result[0]
-            model = scsa_nodes.SCSAApply.execute(model=patcher, semantics=semantics, preset="default",
-                                                 sca_weight=0.8, ssa_weight=0.2, semantic_share=0.3,
-                                                 content_share=0.5, temperature=1.2, gamma=0.75).result[0]
-            scsa_nodes.SCSAStyleSampler.execute(model=model, inversion=inversion, init="auto", timesteps="official")
+            inversion = pack.pipeline.invert(patcher, _conditioning(), {k: v["samples"] for k, v in latents.items()},
+                                             args.steps, "auto", storage)
+            model = pack.diffusion_nodes.SCSAApply.execute(
+                model=patcher, semantics=semantics, preset="default", sca_weight=0.8, ssa_weight=0.2,
+                semantic_share=0.3, content_share=0.5, temperature=1.2, gamma=0.75).result[0]
+            pack.pipeline.style_sample(model, inversion, "auto", "official")
             return inversion
 
         plain()  # warm-up: model load, kernels
@@ -125,17 +125,15 @@ def _meta_unet(family: str):
     return UNetModel(**config, device="meta", operations=comfy.ops.disable_weight_init)
 
 
-def memory_table(scsa_nodes, args) -> None:
-    for family in ("SD1.5", "SDXL"):
-        unet = _meta_unet(family)
-        patcher = SimpleNamespace(model=SimpleNamespace(diffusion_model=unet))
-        keys = scsa_nodes.resolve_blocks(patcher, "auto")
+def memory_table(pack, args) -> None:
+    for family_name in ("SD1.5", "SDXL"):
+        family = pack.families.UNetFamily(_meta_unet(family_name))
+        keys = family.resolve_blocks("auto")
         for size in (256, 512, 768, 1024):
-            latent_shape = (1, 4, size // 8, size // 8)
-            bank = scsa_nodes._bank_bytes(unet, keys, len(STREAMS), latent_shape, args.steps, torch.float16)
+            bank = family.feature_bytes(keys, len(STREAMS), (size // 8, size // 8), args.steps, torch.float16)
             # The trajectories: every stream's latent at each inverted t and at 999, in fp32.
             trajectory = len(STREAMS) * (args.steps + 1) * 4 * (size // 8) ** 2 * 4
-            print(json.dumps({"model": family, "size": size, "steps": args.steps, "blocks": len(keys),
+            print(json.dumps({"model": family_name, "size": size, "steps": args.steps, "blocks": len(keys),
                               "memory_or_offload_mb_fp16": round(bank / MB, 1),
                               "recompute_mb": round(trajectory / MB, 1)}), flush=True)
 
@@ -145,14 +143,11 @@ def memory_table(scsa_nodes, args) -> None:
     full = cf.build_sd15_model(cf.sd15_unet_config(model_channels=320), seed=0)
     sd15 = comfy.model_patcher.ModelPatcher(full, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
-    latents = _latents(512)
-    keys = scsa_nodes.resolve_blocks(sd15, "auto")
-    estimates = {"memory": scsa_nodes._bank_bytes(full.diffusion_model, keys, len(STREAMS), (1, 4, 64, 64), 2,
-                                                  full.get_dtype()),
-                 "recompute": 0}
+    latents = {name: latent["samples"] for name, latent in _latents(512).items()}
+    keys = pack.families.family_of(sd15).resolve_blocks("auto")
+    estimates = {"memory": pack.pipeline.feature_bytes(sd15, keys, latents, 2), "recompute": 0}
     for storage, estimate in estimates.items():
-        inversion = scsa_nodes.SCSAInvert.execute(model=sd15, conditioning=_conditioning(), steps=2, blocks="auto",
-                                                  storage=storage, **latents).result[0]
+        inversion = pack.pipeline.invert(sd15, _conditioning(), latents, 2, "auto", storage)
         print(json.dumps({"check": "SD1.5 512 px, 2-step inversion", "storage": storage,
                           "dtype": str(inversion.bank.dtype), "bank_mb": round(inversion.bank.nbytes / MB, 1),
                           "estimate_mb": round(estimate / MB, 1),
@@ -173,13 +168,14 @@ def main(argv=None) -> None:
     runtime = cf.start_comfy(comfyui_path(), Path(tempfile.mkdtemp(prefix="scsa_bench_")))
     runtime.load_pack(REPO)
     from pack import pack_module
-    scsa_nodes = pack_module("nodes/scsa_nodes.py")
-    labels = pack_module("scsa_core/labels.py")
+    pack = SimpleNamespace(**{name: pack_module(path) for name, path in (
+        ("pipeline", "nodes/pipeline.py"), ("families", "nodes/families.py"),
+        ("diffusion_nodes", "nodes/diffusion_nodes.py"), ("labels", "scsa_core/labels.py"))})
     with torch.inference_mode():
         if args.sizes:
-            time_runs(scsa_nodes, labels, args)
+            time_runs(pack, args)
         if args.memory_table:
-            memory_table(scsa_nodes, args)
+            memory_table(pack, args)
 
 
 if __name__ == "__main__":
