@@ -421,13 +421,34 @@ def labels_from_color_maps(content_rgb, style_rgb, *, max_labels: int = 64,
     """
     content = _as_rgb_uint8(content_rgb, "content map")
     style = _as_rgb_uint8(style_rgb, "style map")
+    (content_labels, style_labels), palette = label_color_maps(
+        {"content map": content, "style map": style}, max_labels=max_labels,
+        min_area_fraction=min_area_fraction, merge_distance=merge_distance,
+        min_interior_fraction=min_interior_fraction, interior_radius=interior_radius,
+        edge_distance=edge_distance, flat_distance=flat_distance, min_flat_fraction=min_flat_fraction,
+        palette=palette)
+    return SemanticLabels(content_labels, style_labels, palette,
+                          _matched(content_labels, style_labels, len(palette)),
+                          content_colors=torch.from_numpy(np.array(content)),
+                          style_colors=torch.from_numpy(np.array(style)))
+
+
+def label_color_maps(maps: dict[str, np.ndarray], *, max_labels: int = 64, min_area_fraction: float = 2e-4,
+                     merge_distance: float = 24.0, min_interior_fraction: float = 0.05,
+                     interior_radius: int | None = None, edge_distance: float = 24.0,
+                     flat_distance: float = 6.0, min_flat_fraction: float = 0.5,
+                     palette=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Label any number of colour maps jointly: the same colour is the same label in every map.
+
+    maps: name -> ``uint8 [H, W, 3]`` (names appear in errors). Options as in
+    :func:`labels_from_color_maps`. Returns the label maps ``int64 [H, W]`` (in ``maps``' order)
+    and the palette ``uint8 [L, 3]`` (largest joint area first, or as given).
+    """
     if max_labels < 1:
         raise ValueError(f"max_labels must be at least 1, got {max_labels}")
-    maps = {"content map": content, "style map": style}
     shapes = [m.shape[:2] for m in maps.values()]
     unique_keys, joint_counts, inverses = _joint_histogram([_pack_rgb(m).reshape(-1) for m in maps.values()])
     unique_rgb = _unpack_rgb(unique_keys)
-    min_pixels = [max(1, math.ceil(min_area_fraction * h * w)) for h, w in shapes]
 
     given_palette = palette is not None
     if given_palette:
@@ -435,45 +456,10 @@ def labels_from_color_maps(content_rgb, style_rgb, *, max_labels: int = 64,
         if not 1 <= len(palette) <= max_labels:
             raise ValueError(f"palette: give between 1 and {max_labels} colours, got {len(palette)}")
     else:
-        # Enough spare seeds for the blend clusters of anti-aliased edges; noise exhausts them.
-        max_clusters = 4 * max_labels + 64
-        seeds = _seed_clusters(unique_rgb, joint_counts, merge_distance, min(min_pixels), max_clusters)
-        if len(seeds) >= max_clusters:
-            raise _not_a_map_error(f"found at least {len(seeds)} significant colours (max_labels={max_labels})")
-        cluster_of_colour = _nearest_colour(unique_rgb, seeds).astype(np.int32)
-
-        seed_offset = unique_rgb - seeds[cluster_of_colour]
-        on_seed_colour = (seed_offset * seed_offset).sum(1) <= flat_distance * flat_distance
-        area = np.zeros((2, len(seeds)), dtype=np.int64)
-        dominant = np.zeros(len(seeds), dtype=bool)
-        interior = np.zeros(len(seeds), dtype=np.int64)
-        for index, ((height, width), inverse) in enumerate(zip(shapes, inverses)):
-            cluster_map = cluster_of_colour[inverse].reshape(height, width)
-            radius = interior_radius if interior_radius is not None else max(1, round(max(height, width) / 512))
-            area[index] = np.bincount(cluster_map.reshape(-1), minlength=len(seeds))
-            interior += np.bincount(cluster_map[_interior(cluster_map, radius)], minlength=len(seeds))
-            # A flat colour painting a tenth of a map is a region even without interior pixels
-            # (tiny maps are all edge); edge blends and outlines never come near that share.
-            flat_area = np.bincount(cluster_map.reshape(-1), weights=on_seed_colour[inverse],
-                                    minlength=len(seeds))
-            dominant |= flat_area >= _DOMINANT_FRACTION * height * width
-        large = (area[0] >= min_pixels[0]) | (area[1] >= min_pixels[1])
-        keep = large & (((interior > 0) & (interior >= min_interior_fraction * area.sum(0))) | dominant)
-        if not keep.any():
-            # Maps too small or too fragmented to have interiors: fall back on area alone.
-            keep = large if large.any() else area.sum(0) == area.sum(0).max()
-        # Heavy JPEG noise spreads a flat colour past merge_distance, and the spill-over can form a
-        # second cluster inside the region: within twice merge_distance, the larger colour wins.
-        kept = np.nonzero(keep)[0]
-        kept = kept[np.argsort(-area.sum(0)[kept], kind="stable")]
-        accepted = []
-        for index in kept:
-            gap = seeds[accepted] - seeds[index]
-            if not accepted or (gap * gap).sum(1).min() >= (2 * merge_distance) ** 2:
-                accepted.append(index)
-        palette = seeds[np.sort(accepted)]
-        if len(palette) > max_labels:
-            raise _not_a_map_error(f"found {len(palette)} significant colours (max_labels={max_labels})")
+        palette = _detect_palette(unique_rgb, joint_counts, shapes, inverses, max_labels=max_labels,
+                                  min_area_fraction=min_area_fraction, merge_distance=merge_distance,
+                                  min_interior_fraction=min_interior_fraction,
+                                  interior_radius=interior_radius, flat_distance=flat_distance)
 
     nearest = _nearest_colour(unique_rgb, palette)
     offset = unique_rgb - palette[nearest]
@@ -495,12 +481,63 @@ def labels_from_color_maps(content_rgb, style_rgb, *, max_labels: int = 64,
     order = np.arange(len(palette)) if given_palette else np.argsort(-joint_area, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
-    content_labels = torch.from_numpy(rank[label_maps[0]])
-    style_labels = torch.from_numpy(rank[label_maps[1]])
-    return SemanticLabels(content_labels, style_labels, torch.from_numpy(palette[order].astype(np.uint8)),
-                          _matched(content_labels, style_labels, len(palette)),
-                          content_colors=torch.from_numpy(np.array(content)),
-                          style_colors=torch.from_numpy(np.array(style)))
+    return [torch.from_numpy(rank[m]) for m in label_maps], torch.from_numpy(palette[order].astype(np.uint8))
+
+
+def _detect_palette(unique_rgb: np.ndarray, joint_counts: np.ndarray, shapes: list, inverses: list, *,
+                    max_labels: int, min_area_fraction: float, merge_distance: float,
+                    min_interior_fraction: float, interior_radius: int | None,
+                    flat_distance: float) -> np.ndarray:
+    """The region colours ``[L, 3]`` of maps given as their joint colour histogram.
+
+    ``unique_rgb [U, 3]`` and ``joint_counts [U]``: every colour of every map and its total
+    count; ``inverses``: per map, each pixel's index into ``unique_rgb``; ``shapes``: ``(H, W)``.
+    A colour cluster is a region when it is large in some map and has interior pixels (or
+    paints a good share of a map flat); close clusters merge, the larger winning.
+    """
+    min_pixels = [max(1, math.ceil(min_area_fraction * h * w)) for h, w in shapes]
+    # Enough spare seeds for the blend clusters of anti-aliased edges; noise exhausts them.
+    max_clusters = 4 * max_labels + 64
+    seeds = _seed_clusters(unique_rgb, joint_counts, merge_distance, min(min_pixels), max_clusters)
+    if len(seeds) >= max_clusters:
+        raise _not_a_map_error(f"found at least {len(seeds)} significant colours (max_labels={max_labels})")
+    cluster_of_colour = _nearest_colour(unique_rgb, seeds).astype(np.int32)
+
+    seed_offset = unique_rgb - seeds[cluster_of_colour]
+    on_seed_colour = (seed_offset * seed_offset).sum(1) <= flat_distance * flat_distance
+    area = np.zeros((len(shapes), len(seeds)), dtype=np.int64)
+    dominant = np.zeros(len(seeds), dtype=bool)
+    interior = np.zeros(len(seeds), dtype=np.int64)
+    for index, ((height, width), inverse) in enumerate(zip(shapes, inverses)):
+        cluster_map = cluster_of_colour[inverse].reshape(height, width)
+        radius = interior_radius if interior_radius is not None else max(1, round(max(height, width) / 512))
+        area[index] = np.bincount(cluster_map.reshape(-1), minlength=len(seeds))
+        interior += np.bincount(cluster_map[_interior(cluster_map, radius)], minlength=len(seeds))
+        # A flat colour painting a tenth of a map is a region even without interior pixels
+        # (tiny maps are all edge); edge blends and outlines never come near that share.
+        flat_area = np.bincount(cluster_map.reshape(-1), weights=on_seed_colour[inverse],
+                                minlength=len(seeds))
+        dominant |= flat_area >= _DOMINANT_FRACTION * height * width
+    large = np.zeros(len(seeds), dtype=bool)
+    for index, pixels in enumerate(min_pixels):
+        large |= area[index] >= pixels
+    keep = large & (((interior > 0) & (interior >= min_interior_fraction * area.sum(0))) | dominant)
+    if not keep.any():
+        # Maps too small or too fragmented to have interiors: fall back on area alone.
+        keep = large if large.any() else area.sum(0) == area.sum(0).max()
+    # Heavy JPEG noise spreads a flat colour past merge_distance, and the spill-over can form a
+    # second cluster inside the region: within twice merge_distance, the larger colour wins.
+    kept = np.nonzero(keep)[0]
+    kept = kept[np.argsort(-area.sum(0)[kept], kind="stable")]
+    accepted = []
+    for index in kept:
+        gap = seeds[accepted] - seeds[index]
+        if not accepted or (gap * gap).sum(1).min() >= (2 * merge_distance) ** 2:
+            accepted.append(index)
+    palette = seeds[np.sort(accepted)]
+    if len(palette) > max_labels:
+        raise _not_a_map_error(f"found {len(palette)} significant colours (max_labels={max_labels})")
+    return palette
 
 
 # --------------------------------------------------------------------------------------------
