@@ -12,6 +12,7 @@ async def comfy_entrypoint():
 
     from .nodes.example_inputs import install_examples
     from .nodes.diffusion_nodes import NODES as DIFFUSION_NODES
+    from .nodes.feedforward import NODES as FEEDFORWARD_NODES
     from .nodes.mask_nodes import NODES as MASK_NODES
     from .nodes.semantic_nodes import NODES as SEMANTIC_NODES
 
@@ -32,6 +33,6 @@ async def comfy_entrypoint():
 
         async def get_node_list(self):
             await self.on_load()
-            return SEMANTIC_NODES + MASK_NODES + DIFFUSION_NODES
+            return SEMANTIC_NODES + MASK_NODES + DIFFUSION_NODES + FEEDFORWARD_NODES
 
     return SCSAExtension()

@@ -115,15 +115,27 @@ def stytr2_embedding(seed: int = 0) -> dict:
     return {"proj.weight": weight, "proj.bias": _draw(seed, "embedding", "proj.bias", (512,), 0.05)}
 
 
+_BUILT: dict = {}
+
+
 def state_dicts(variant: str, seed: int = 0, include_vgg: bool = False) -> dict[str, dict]:
-    """``{part: state dict}`` of one variant (StyTr2's training-only VGG with ``include_vgg``)."""
-    if variant == "sanet":
-        return {"vgg": vgg(seed), "decoder": decoder(seed, "sanet-decoder"), "transformer": sanet_transformer(seed)}
-    parts = {"embedding": stytr2_embedding(seed), "decoder": decoder(seed, "stytr2-decoder"),
-             "transformer": stytr2_transformer(seed)}
-    if include_vgg:
-        parts["vgg"] = vgg(seed + 1)
-    return parts
+    """``{part: state dict}`` of one variant (StyTr2's training-only VGG with ``include_vgg``).
+
+    Built once per process and shared (about 1 s per variant): copy a dict before changing it.
+    """
+    key = (variant, seed, include_vgg)
+    if key not in _BUILT:
+        if variant == "sanet":
+            parts = {"vgg": vgg(seed), "decoder": decoder(seed, "sanet-decoder"),
+                     "transformer": sanet_transformer(seed)}
+        else:
+            parts = dict(state_dicts(variant, seed)) if include_vgg else {
+                "embedding": stytr2_embedding(seed), "decoder": decoder(seed, "stytr2-decoder"),
+                "transformer": stytr2_transformer(seed)}
+            if include_vgg:
+                parts["vgg"] = vgg(seed + 1)
+        _BUILT[key] = parts
+    return _BUILT[key]
 
 
 def write_official_folder(folder: os.PathLike, variant: str, seed: int = 0, extension: str = ".pth",

@@ -21,18 +21,11 @@ from scsa_core.feedforward.weights import check_part, part_key_shapes
 from scsa_core.labels import SemanticLabels, labels_from_masks
 
 VARIANTS = ("sanet", "stytr2")
-_STATE_DICTS: dict = {}
 
 
 def _state_dicts(variant: str, include_vgg: bool = False) -> dict:
-    """Random weights (seed 0), built once per variant: models copy them when loading."""
-    key = (variant, include_vgg)
-    if key not in _STATE_DICTS:
-        parts = dict(_state_dicts(variant)) if include_vgg else fw.state_dicts(variant)
-        if include_vgg:
-            parts["vgg"] = fw.vgg(1)
-        _STATE_DICTS[key] = parts
-    return _STATE_DICTS[key]
+    """Random weights (seed 0), built once per process: models copy them when loading."""
+    return fw.state_dicts(variant, include_vgg=include_vgg)
 
 
 @pytest.fixture(scope="module")
