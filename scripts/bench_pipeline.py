@@ -31,10 +31,10 @@ from types import SimpleNamespace
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-import comfy_fixtures as cf  # noqa: E402
+from scripts import tiny_models  # noqa: E402
+from scripts.comfy_inprocess import pack_module, start_comfy  # noqa: E402
 from scripts.comfyui_runtime import comfyui_path  # noqa: E402
 
 STREAMS = ("content", "style", "content_map", "style_map")
@@ -69,7 +69,7 @@ def _features_bytes(inversion) -> int:
 
 def time_runs(pack, args) -> None:
     import nodes
-    patcher = cf.build_tiny_sd15_patcher(seed=0, model_channels=args.width)
+    patcher = tiny_models.build_tiny_sd15_patcher(seed=0, model_channels=args.width)
     for size in args.sizes:
         latents = _latents(size)
         semantics = _semantics(pack.labels, size)
@@ -115,7 +115,7 @@ def _meta_unet(family: str):
                   use_spatial_transformer=True, legacy=False, use_temporal_attention=False,
                   use_temporal_resblock=False)
     if family == "SD1.5":
-        config = dict(cf.sd15_unet_config(model_channels=320), num_heads=8)
+        config = dict(tiny_models.sd15_unet_config(model_channels=320), num_heads=8)
     else:
         config = dict(common, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4], use_linear_in_transformer=True,
                       transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
@@ -140,7 +140,7 @@ def memory_table(pack, args) -> None:
     # The estimate against what a full-size random SD1.5 records in a 2-step inversion.
     import comfy.model_management as mm
     import comfy.model_patcher
-    full = cf.build_sd15_model(cf.sd15_unet_config(model_channels=320), seed=0)
+    full = tiny_models.build_sd15_model(tiny_models.sd15_unet_config(model_channels=320), seed=0)
     sd15 = comfy.model_patcher.ModelPatcher(full, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
     latents = {name: latent["samples"] for name, latent in _latents(512).items()}
@@ -165,9 +165,8 @@ def main(argv=None) -> None:
     parser.add_argument("--memory-table", action="store_true")
     args = parser.parse_args(argv)
 
-    runtime = cf.start_comfy(comfyui_path(), Path(tempfile.mkdtemp(prefix="scsa_bench_")))
+    runtime = start_comfy(comfyui_path(), Path(tempfile.mkdtemp(prefix="scsa_bench_")))
     runtime.load_pack(REPO)
-    from pack import pack_module
     pack = SimpleNamespace(**{name: pack_module(path) for name, path in (
         ("pipeline", "nodes/pipeline.py"), ("families", "nodes/families.py"),
         ("diffusion_nodes", "nodes/diffusion_nodes.py"), ("labels", "scsa_core/labels.py"))})

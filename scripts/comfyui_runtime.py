@@ -33,7 +33,9 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -153,8 +155,9 @@ class ComfyClient:
     """JSON over ComfyUI's HTTP API (standard library only): the one client the tests and the
     runner share."""
 
-    def __init__(self, base_url: str):
+    def __init__(self, base_url: str, client_id: str | None = None):
         self.base_url = base_url.rstrip("/")
+        self.client_id = client_id or uuid.uuid4().hex
 
     def get(self, path: str, timeout: float = 60.0) -> bytes:
         with urllib.request.urlopen(self.base_url + path, timeout=timeout) as r:
@@ -176,6 +179,124 @@ class ComfyClient:
                 return e.code, json.loads(data)
             except ValueError:
                 return e.code, data.decode("utf-8", "replace")
+
+    # -- prompts -----------------------------------------------------------------------------
+    def ws_url(self) -> str:
+        parsed = urllib.parse.urlparse(self.base_url)
+        scheme = "wss" if parsed.scheme == "https" else "ws"
+        return f"{scheme}://{parsed.netloc}{parsed.path}/ws?clientId={self.client_id}"
+
+    def queue_prompt(self, prompt: dict) -> str:
+        """POST /prompt as this client; returns the prompt_id or raises PromptRefused."""
+        status, body = self.post_json("/prompt", {"prompt": prompt, "client_id": self.client_id})
+        if status != 200:
+            raise PromptRefused(status, body)
+        return body["prompt_id"]
+
+    def finished_entry(self, prompt_id: str) -> dict | None:
+        """The /history entry of a prompt that has finished (successfully or not), else None."""
+        entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+        status = (entry or {}).get("status", {})
+        if entry and (status.get("completed") or status.get("status_str") in ("success", "error")):
+            return entry
+        return None
+
+    def wait_for(self, prompt_id: str, timeout: float = 600.0, follow=None) -> dict:
+        """Wait until a queued prompt finished; returns its /history entry, whatever its status.
+
+        /history decides when it is done. ``follow(seconds)``, when given, is called in between
+        (e.g. to read the websocket for that long); otherwise the history is polled every 0.25 s.
+        Raises TimeoutError, or RuntimeError when the server process died.
+        """
+        deadline = time.monotonic() + timeout
+        next_poll = 0.0
+        while time.monotonic() < deadline:
+            if follow is not None:
+                follow(1.0)
+            else:
+                time.sleep(0.25)
+            if follow is None or time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + 2.0
+                entry = self.finished_entry(prompt_id)
+                if entry is not None:
+                    return entry
+            self._check_alive(prompt_id)
+        raise TimeoutError(f"prompt {prompt_id} not finished within {timeout:.0f} s")
+
+    def run(self, prompt: dict, timeout: float = 600.0, on_message=None, on_preview=None) -> dict:
+        """Queue ``prompt`` and wait for it; returns its /history entry (check its status).
+
+        ``on_message(kind, data)`` gets every JSON websocket message of this prompt and
+        ``on_preview(image_bytes)`` every live-preview frame, while it runs (needs the
+        websocket-client package; without it the prompt is only polled).
+        """
+        watcher = _Watcher.connect(self.ws_url(), on_message, on_preview) if (on_message or on_preview) else None
+        try:
+            prompt_id = self.queue_prompt(prompt)
+            if watcher is not None:
+                watcher.prompt_id = prompt_id
+            return self.wait_for(prompt_id, timeout, watcher.follow if watcher else None)
+        finally:
+            if watcher is not None:
+                watcher.close()
+
+    def _check_alive(self, prompt_id: str) -> None:
+        """Overridden by ComfyServer, which knows its process."""
+
+
+class PromptRefused(RuntimeError):
+    """POST /prompt answered with an error: ``status`` and ComfyUI's ``body`` (node_errors ...)."""
+
+    def __init__(self, status: int, body):
+        super().__init__(f"/prompt refused (HTTP {status}): {json.dumps(body, indent=1)[:4000]}")
+        self.status, self.body = status, body
+
+
+# ComfyUI's binary websocket frame of a live preview: 4-byte event type (BinaryEventTypes
+# .PREVIEW_IMAGE = 1, big-endian), 4-byte image format, then the image file's bytes. It carries no
+# node id: it belongs to the node that is executing.
+PREVIEW_IMAGE = 1
+
+
+class _Watcher:
+    """A websocket to ComfyUI that hands on the messages of one prompt."""
+
+    def __init__(self, socket, on_message, on_preview):
+        self.socket, self.on_message, self.on_preview = socket, on_message, on_preview
+        self.prompt_id = None
+
+    @classmethod
+    def connect(cls, url: str, on_message, on_preview):
+        try:
+            import websocket  # websocket-client (installed by scripts/setup.sh)
+            return cls(websocket.create_connection(url, timeout=10, suppress_origin=True), on_message, on_preview)
+        except Exception:  # no package, or no socket: the prompt is polled only
+            return None
+
+    def follow(self, seconds: float) -> None:
+        if self.socket is None:
+            time.sleep(seconds)
+            return
+        try:
+            self.socket.settimeout(seconds)
+            raw = self.socket.recv()
+        except Exception as e:  # a timeout, or the socket went away (then: polling only)
+            if type(e).__name__ not in ("WebSocketTimeoutException", "TimeoutError"):
+                self.close()
+            return
+        if isinstance(raw, str):
+            message = json.loads(raw)
+            data = message.get("data") or {}
+            if self.on_message and data.get("prompt_id") in (None, self.prompt_id):
+                self.on_message(message.get("type"), data)
+        elif isinstance(raw, (bytes, bytearray)) and len(raw) > 8 and \
+                int.from_bytes(raw[:4], "big") == PREVIEW_IMAGE and self.on_preview:
+            self.on_preview(bytes(raw[8:]))
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
 
 
 class ComfyServer(ComfyClient):
@@ -204,7 +325,7 @@ class ComfyServer(ComfyClient):
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="scsa-comfy-server-"))
         self.proc: subprocess.Popen | None = None
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        super().__init__(f"http://127.0.0.1:{self.port}")
         self.log_path = self.workdir / "server.log"
         self._log_file = None
 
@@ -325,40 +446,18 @@ class ComfyServer(ComfyClient):
         except OSError:
             return "<no log>"
 
-    def queue_prompt(self, prompt: dict, client_id: str = "scsa-tests") -> str:
-        """POST /prompt; returns the prompt_id or raises with ComfyUI's node_errors."""
-        status, body = self.post_json("/prompt", {"prompt": prompt, "client_id": client_id})
-        if status != 200:
-            raise RuntimeError(f"/prompt refused (HTTP {status}): {json.dumps(body, indent=1)[:4000]}")
-        return body["prompt_id"]
-
-    def wait_history(self, prompt_id: str, timeout: float = 600.0) -> dict:
-        """Poll /history/<id> until the prompt finished; returns its history entry.
-        Raises if it failed (with ComfyUI's error messages) or timed out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            h = self.get_json(f"/history/{prompt_id}")
-            if prompt_id in h:
-                entry = h[prompt_id]
-                st = entry.get("status", {})
-                if st.get("completed") or st.get("status_str") in ("success", "error"):
-                    if st.get("status_str") != "success":
-                        raise RuntimeError(f"prompt {prompt_id} failed: "
-                                           f"{json.dumps(st.get('messages'), indent=1)[:6000]}")
-                    return entry
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI died while running {prompt_id}:\n{self.log_tail()}")
-            time.sleep(0.25)
-        raise TimeoutError(f"prompt {prompt_id} not finished after {timeout:.0f} s\n{self.log_tail()}")
+    def _check_alive(self, prompt_id: str) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"ComfyUI died while running {prompt_id}:\n{self.log_tail()}")
 
     def run_prompt(self, prompt: dict, timeout: float = 600.0) -> dict:
-        """Queue a prompt, wait, return its outputs ({node_id: ui dict})."""
-        return self.wait_history(self.queue_prompt(prompt), timeout)["outputs"]
-
-
-def start_server(models_dir=None, **kw) -> ComfyServer:
-    """Start a headless server (see ComfyServer); call .cleanup() (or use ``with``) to stop it."""
-    return ComfyServer(models_dir=models_dir, **kw).start()
+        """Queue a prompt, wait, return its outputs ({node_id: ui dict}); raises if it failed."""
+        entry = self.run(prompt, timeout)
+        status = entry.get("status", {})
+        if status.get("status_str") != "success":
+            raise RuntimeError(f"prompt failed: {json.dumps(status.get('messages'), indent=1)[:6000]}\n"
+                               f"{self.log_tail()}")
+        return entry["outputs"]
 
 
 def _main(argv: list[str]) -> int:

@@ -49,6 +49,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from scripts import comfyui_runtime as rt  # noqa: E402
 from scripts import make_example_inputs as examples  # noqa: E402
+from scripts import tiny_models  # noqa: E402
 from scripts.workflow_format import WorkflowError, is_ui_workflow, ui_to_api  # noqa: E402
 
 DEFAULT_WORKFLOW = REPO_ROOT / "workflows" / "scsa_sd15_color_maps.json"
@@ -67,11 +68,7 @@ class RunError(RuntimeError):
 
 # ------------------------------------------------------------------------------------ HTTP
 class Client(rt.ComfyClient):
-    """The runner's ComfyUI endpoints: the shared JSON client plus uploads, downloads, websocket."""
-
-    def __init__(self, base_url: str):
-        super().__init__(base_url)
-        self.client_id = uuid.uuid4().hex
+    """The runner's ComfyUI endpoints: the shared client plus uploads and downloads."""
 
     def upload_image(self, data: bytes, filename: str) -> str:
         """POST /upload/image (overwrite); returns the name to put into a loader's image input."""
@@ -93,11 +90,6 @@ class Client(rt.ComfyClient):
         query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image.get("subfolder", ""),
                                         "type": image.get("type", "output")})
         return self.get(f"/view?{query}", timeout=120)
-
-    def ws_url(self) -> str:
-        parsed = urllib.parse.urlparse(self.base_url)
-        scheme = "wss" if parsed.scheme == "https" else "ws"
-        return f"{scheme}://{parsed.netloc}{parsed.path}/ws?clientId={self.client_id}"
 
 
 # -------------------------------------------------------------------------------- progress
@@ -157,71 +149,28 @@ class Progress:
         self._emit(f"{'done' if ok else 'FAILED'} in {time.monotonic() - self.started:.1f} s", final=True)
 
 
-# ComfyUI's binary websocket frame of a live preview: 4-byte event type (BinaryEventTypes
-# .PREVIEW_IMAGE = 1, big-endian), 4-byte image format, then the image file's bytes. It carries no
-# node id: it belongs to the node that is executing.
-PREVIEW_IMAGE = 1
-
-
 def run_prompt(client: Client, prompt: dict, progress: Progress, timeout: float) -> dict:
-    """Queue ``prompt``, follow it (websocket, else polling), return its /history entry."""
-    ws = None
-    try:
-        import websocket  # websocket-client (installed by scripts/setup.sh)
-        ws = websocket.create_connection(client.ws_url(), timeout=10, suppress_origin=True)
-    except Exception:
-        ws = None  # polling only
-    try:
-        status, body = client.post_json("/prompt", {"prompt": prompt, "client_id": client.client_id})
-        if status != 200:
-            raise RunError(f"ComfyUI refused the workflow (HTTP {status}):\n{_format_refusal(body, prompt)}")
-        prompt_id = body["prompt_id"]
-        deadline = time.monotonic() + timeout
-        next_poll = 0.0
-        while time.monotonic() < deadline:
-            if ws is not None:
-                try:
-                    ws.settimeout(1.0)
-                    raw = ws.recv()
-                except Exception as e:  # timeout, or the socket went away: keep polling
-                    if type(e).__name__ not in ("WebSocketTimeoutException", "TimeoutError"):
-                        ws = None
-                    raw = None
-                if isinstance(raw, str):
-                    _on_message(json.loads(raw), prompt_id, progress)
-                elif isinstance(raw, (bytes, bytearray)) and len(raw) > 8 and \
-                        int.from_bytes(raw[:4], "big") == PREVIEW_IMAGE:
-                    progress.preview(bytes(raw[8:]))
-            else:
-                time.sleep(0.5)
-            if time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + 2.0
-                history = client.get_json(f"/history/{prompt_id}")
-                entry = history.get(prompt_id)
-                if entry and (entry.get("status", {}).get("completed") or
-                              entry.get("status", {}).get("status_str") in ("success", "error")):
-                    ok = entry["status"].get("status_str") == "success"
-                    progress.finished(ok)
-                    if not ok:
-                        raise RunError(f"the workflow failed:\n{_format_failure(entry)}")
-                    return entry
-        raise RunError(f"the workflow did not finish within {timeout:.0f} s (--timeout)")
-    finally:
-        if ws is not None:
-            ws.close()
+    """Queue ``prompt``, show its progress, return its /history entry; RunError if it failed."""
+    def on_message(kind: str, data: dict) -> None:
+        if kind == "execution_cached":
+            progress.cached(data.get("nodes") or [])
+        elif kind == "executing" and data.get("node") is not None:
+            progress.executing(data["node"])
+        elif kind == "progress":
+            progress.progress(data.get("node"), int(data.get("value", 0)), int(data.get("max", 1)))
 
-
-def _on_message(message: dict, prompt_id: str, progress: Progress) -> None:
-    data = message.get("data") or {}
-    if data.get("prompt_id") not in (None, prompt_id):
-        return
-    kind = message.get("type")
-    if kind == "execution_cached":
-        progress.cached(data.get("nodes") or [])
-    elif kind == "executing" and data.get("node") is not None:
-        progress.executing(data["node"])
-    elif kind == "progress":
-        progress.progress(data.get("node"), int(data.get("value", 0)), int(data.get("max", 1)))
+    try:
+        entry = client.run(prompt, timeout, on_message=on_message, on_preview=progress.preview)
+    except rt.PromptRefused as refused:
+        raise RunError(f"ComfyUI refused the workflow (HTTP {refused.status}):\n"
+                       f"{_format_refusal(refused.body, prompt)}") from None
+    except TimeoutError:
+        raise RunError(f"the workflow did not finish within {timeout:.0f} s (--timeout)") from None
+    ok = entry["status"].get("status_str") == "success"
+    progress.finished(ok)
+    if not ok:
+        raise RunError(f"the workflow failed:\n{_format_failure(entry)}")
+    return entry
 
 
 def _format_refusal(body, prompt: dict) -> str:
@@ -340,21 +289,17 @@ def checkpoints_in(folders: list[Path]) -> list[str]:
 
 
 def tiny_checkpoint(log) -> Path:
-    """The tests' tiny random-weight SD1.5 checkpoint (built once into .cache/models)."""
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    try:
-        import comfy_fixtures as cf
-    finally:
-        sys.path.remove(str(REPO_ROOT / "tests"))
-    path = cf.MODELS_CACHE / cf.tiny_checkpoint_name(with_clip=True, seed=0)
+    """The tiny random-weight SD1.5 checkpoint (scripts/tiny_models.py, built once into .cache/models)."""
+    path = tiny_models.MODELS_CACHE / tiny_models.tiny_checkpoint_name(with_clip=True, seed=0)
     if path.is_file():
         return path
     log(f"building the tiny random-weight checkpoint {path} (once, ~1 min) ...")
-    code = ("import sys, tempfile; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
-            "import comfy_fixtures as cf\nfrom scripts import comfyui_runtime as rt\n"
-            "cf.start_comfy(rt.comfyui_path(), tempfile.mkdtemp(prefix='scsa-tiny-'))\n"
-            "print(cf.write_tiny_checkpoint(with_clip=True, seed=0))\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(REPO_ROOT / "tests"), str(REPO_ROOT)],
+    # In a child process: building it imports ComfyUI, which must not leak into this one.
+    code = ("import sys, tempfile; sys.path.insert(0, sys.argv[1])\n"
+            "from scripts import comfy_inprocess, comfyui_runtime, tiny_models\n"
+            "comfy_inprocess.start_comfy(comfyui_runtime.comfyui_path(), tempfile.mkdtemp(prefix='scsa-tiny-'))\n"
+            "print(tiny_models.write_tiny_checkpoint(with_clip=True, seed=0))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO_ROOT)],
                           capture_output=True, text=True, cwd=str(REPO_ROOT))
     if proc.returncode != 0 or not path.is_file():
         raise RunError(f"could not build the tiny test checkpoint:\n{proc.stderr[-3000:]}")

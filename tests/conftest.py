@@ -1,7 +1,8 @@
 """Shared pytest fixtures: ComfyUI in-process and as a server, tiny random models, the oracle.
 
-ComfyUI is found by scripts/comfyui_runtime.py (COMFYUI_PATH, else .cache/comfyui from
-``bash scripts/setup.sh``). A missing ComfyUI FAILS the tests that need it (never skips), so a
+ComfyUI is found by scripts/comfyui_runtime.py (COMFYUI_PATH, else the checkout the venv was
+set up for by ``bash scripts/setup.sh [VERSION]``). In-process ComfyUI: scripts/comfy_inprocess.py;
+random-weight models: scripts/tiny_models.py. A missing ComfyUI FAILS the tests that need it (never skips), so a
 forgotten install step cannot hide behind a skip. Tests that use a ComfyUI fixture are marked
 ``comfy`` automatically (and ``slow`` for the server), so ``-m "not comfy"`` runs the pure ones.
 
@@ -22,7 +23,6 @@ Fixtures (S = session scope, F = function scope):
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -35,7 +35,9 @@ _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
-import comfy_fixtures as cf  # noqa: E402
+import oracle_data  # noqa: E402
+from scripts import comfy_inprocess as inprocess  # noqa: E402
+from scripts import tiny_models  # noqa: E402
 from scripts import comfyui_runtime as rt  # noqa: E402
 
 _COMFY_FIXTURES = {"comfyui_dir", "comfy_core", "comfy", "run_prompt", "tiny_sd15_patcher",
@@ -85,24 +87,24 @@ def comfyui_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def comfy_core(comfyui_dir, tmp_path_factory) -> cf.ComfyRuntime:
+def comfy_core(comfyui_dir, tmp_path_factory) -> inprocess.ComfyRuntime:
     """ComfyUI in this process on CPU (core + comfy_extras nodes, no custom nodes).
 
     Output/temp/input/user dirs are in a temp dir; .cache/models/ is registered as a
     checkpoints and vae folder, so files the model fixtures write there can be loaded by name.
     """
     try:
-        runtime = cf.start_comfy(comfyui_dir, tmp_path_factory.mktemp("comfy"))
+        runtime = inprocess.start_comfy(comfyui_dir, tmp_path_factory.mktemp("comfy"))
     except Exception:
         pytest.fail(f"importing ComfyUI from {comfyui_dir} failed (did `bash scripts/setup.sh` "
-                    f"install its requirements?):\n{cf.format_exc()}", pytrace=False)
-    cf.MODELS_CACHE.mkdir(parents=True, exist_ok=True)
-    runtime.add_models_dir(cf.MODELS_CACHE)
+                    f"install its requirements?):\n{inprocess.format_exc()}", pytrace=False)
+    tiny_models.MODELS_CACHE.mkdir(parents=True, exist_ok=True)
+    runtime.add_models_dir(tiny_models.MODELS_CACHE)
     return runtime
 
 
 @pytest.fixture(scope="session")
-def comfy(comfy_core) -> cf.ComfyRuntime:
+def comfy(comfy_core) -> inprocess.ComfyRuntime:
     """comfy_core with this repo's pack registered (its __init__.py / comfy_entrypoint).
 
     ``comfy.loaded_packs[str(REPO_ROOT)]`` lists the node ids the pack added. Fails with the
@@ -110,7 +112,7 @@ def comfy(comfy_core) -> cf.ComfyRuntime:
     """
     try:
         comfy_core.load_pack(REPO_ROOT)
-    except cf.PackLoadError as e:
+    except inprocess.PackLoadError as e:
         pytest.fail(str(e), pytrace=False)
     return comfy_core
 
@@ -125,13 +127,13 @@ def run_prompt(comfy):
 @pytest.fixture
 def tiny_sd15_patcher(comfy_core):
     """A fresh ModelPatcher (random SD1.5-structured UNet, 32 channels, seed 0) for each test."""
-    return cf.build_tiny_sd15_patcher(seed=0)
+    return tiny_models.build_tiny_sd15_patcher(seed=0)
 
 
 @pytest.fixture
 def tiny_vae(comfy_core):
     """A fresh comfy.sd.VAE around a random TAESD (seed 0)."""
-    return cf.build_tiny_vae(seed=0)
+    return tiny_models.build_tiny_vae(seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -140,14 +142,14 @@ def tiny_checkpoint(comfy_core) -> Path:
 
     In-process: ``{"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": p.name}}``.
     """
-    return cf.write_tiny_checkpoint(with_clip=True, seed=0)
+    return tiny_models.write_tiny_checkpoint(with_clip=True, seed=0)
 
 
 # ------------------------------------------------------------------------------------ oracle
 @pytest.fixture(scope="session")
 def oracle_dir() -> Path:
     """shared/oracle ($SCSA_ORACLE_DIR or ../shared/oracle); skips if absent."""
-    d = cf.oracle_dir()
+    d = oracle_data.oracle_dir()
     if not (d / "make_checkpoint.py").is_file():
         pytest.skip(f"oracle data not found at {d} (set SCSA_ORACLE_DIR to shared/oracle)")
     return d
@@ -158,7 +160,7 @@ def oracle_checkpoint(oracle_dir, comfy_core) -> Path:
     """The oracle's random-weight SD1.5 checkpoint (.cache/models/sd15_random_s20250601_fp16
     .safetensors, 2.1 GB), built by oracle/make_checkpoint.py on first use (~30-60 s)."""
     try:
-        return cf.build_oracle_checkpoint(oracle_dir)
+        return oracle_data.build_oracle_checkpoint(oracle_dir)
     except Exception as e:
         pytest.fail(f"building the oracle checkpoint failed: {e}", pytrace=False)
 

@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from scripts import tiny_models
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+ORACLE_SEED = 20250601
+ORACLE_CKPT_NAME = f"sd15_random_s{ORACLE_SEED}_fp16.safetensors"
 
 
 def oracle_dir() -> Path:
-    return Path(os.environ.get("SCSA_ORACLE_DIR", REPO_ROOT.parent / "shared" / "oracle"))
+    """shared/oracle: $SCSA_ORACLE_DIR, else <repo>/../shared/oracle (may not exist)."""
+    env = os.environ.get("SCSA_ORACLE_DIR", "").strip()
+    return Path(env).expanduser().resolve() if env else (REPO_ROOT.parent / "shared" / "oracle").resolve()
 
 
 def sem_pairs_dir() -> Path:
@@ -77,3 +85,32 @@ def official_palette_order(pair_dir: Path) -> list[list[int]]:
         values, counts = np.unique(colours[per_pixel == label], axis=0, return_counts=True)
         palette.append(values[counts.argmax()].tolist())
     return palette
+
+
+def build_oracle_checkpoint(oracle: Path | None = None, out_dir: Path | None = None,
+                            python: str | None = None, timeout: float = 1800) -> Path:
+    """Run oracle/make_checkpoint.py (random-weight SD1.x, 2.1 GB, ~30 s) into .cache/models/
+    unless the file is already there. Written to a temp name and renamed, so an interrupted
+    build never leaves a truncated checkpoint behind."""
+    oracle = Path(oracle) if oracle else oracle_dir()
+    out_dir = Path(out_dir) if out_dir else tiny_models.MODELS_CACHE
+    out = out_dir / ORACLE_CKPT_NAME
+    if out.is_file():
+        return out
+    script = oracle / "make_checkpoint.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"{script} not found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{ORACLE_CKPT_NAME}.{os.getpid()}.tmp.safetensors"
+    try:
+        proc = subprocess.run([python or sys.executable, str(script), "--out", str(tmp),
+                               "--seed", str(ORACLE_SEED), "--dtype", "fp16"],
+                              capture_output=True, text=True, timeout=timeout, cwd=str(out_dir))
+        if proc.returncode != 0:
+            raise RuntimeError(f"make_checkpoint.py failed ({proc.returncode}):\n"
+                               f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out

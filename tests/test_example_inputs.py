@@ -186,7 +186,7 @@ def test_a_started_server_has_the_examples_and_keeps_the_users_file(comfyui_dir,
 
         # the SCSA template as a new user runs it: only the checkpoint (none ships) and the steps
         _, api = wi.committed("scsa_sd15_color_maps")
-        entry = srv.wait_history(srv.queue_prompt(wi.for_test_api(api, tiny_checkpoint.name, steps=2)), 400)
+        entry = srv.wait_for(srv.queue_prompt(wi.for_test_api(api, tiny_checkpoint.name, steps=2)), 400)
         files = wi.saved_images(entry, srv.output_dir)
         assert len(files) == 1, json.dumps(entry["outputs"])[:2000]
         pixels = np.asarray(Image.open(files[0]).convert("RGB"), dtype=np.float64)

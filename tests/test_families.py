@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import comfy_fixtures as cf
-from pack import pack_module
+from scripts import tiny_models
+from scripts.comfy_inprocess import pack_module
 
 LATENT = (1, 4, 16, 12)  # a non-square latent: grids 16x12, 8x6, 4x3
 
@@ -22,8 +22,8 @@ def _patcher(family: str, dtype=torch.float32):
     common = dict(in_channels=4, out_channels=4, model_channels=32, use_checkpoint=False, image_size=32,
                   use_spatial_transformer=True, legacy=False, use_temporal_attention=False,
                   use_temporal_resblock=False, use_linear_in_transformer=True)
-    if family == "sd15":  # as cf.build_tiny_sd15_patcher(seed=1), in any dtype
-        model_config = sm.SD15(cf.sd15_unet_config())
+    if family == "sd15":  # as tiny_models.build_tiny_sd15_patcher(seed=1), in any dtype
+        model_config = sm.SD15(tiny_models.sd15_unet_config())
         state = {}
     elif family == "sd2":
         config = dict(common, num_res_blocks=[2] * 4, channel_mult=[1, 2, 4, 4],
@@ -44,7 +44,7 @@ def _patcher(family: str, dtype=torch.float32):
         model_config.unet_config["num_head_channels"] = 8
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model(state)
-    cf.init_weights_(model.diffusion_model, 1 if family == "sd15" else 3, prefix="model.diffusion_model.")
+    tiny_models.init_weights_(model.diffusion_model, 1 if family == "sd15" else 3, prefix="model.diffusion_model.")
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_fixtures import PromptError
+from scripts.comfy_inprocess import PromptError
 from oracle_data import sem_pairs_dir
-from pack import pack_module
+from scripts.comfy_inprocess import pack_module
 
 SIZE = 64  # pixels: an 8 x 8 latent keeps every run to seconds on CPU
 STEPS = 4

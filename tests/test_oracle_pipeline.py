@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from oracle_data import official_palette_order, oracle_dir
-from pack import pack_module
+from scripts.comfy_inprocess import pack_module
 
 LATENT_SCALE = 0.18215
 PAIRS = ["29"]

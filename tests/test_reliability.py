@@ -26,9 +26,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import comfy_fixtures as cf
-from comfy_fixtures import PromptError
-from pack import pack_module
+from scripts import tiny_models
+from scripts.comfy_inprocess import PromptError
+from scripts.comfy_inprocess import pack_module
 
 SIZE = 64       # pixels: 8 x 8 latents
 STEPS = 2
@@ -156,7 +156,7 @@ _MODELS: dict = {}
 def _tiny_unet():
     """The 4-level SD1.5-shaped UNet (32 channels): attention at 8x8, 4x4, 2x2, 1x1 and middle."""
     if "unet" not in _MODELS:
-        _MODELS["unet"] = cf.build_tiny_sd15_patcher(seed=0)
+        _MODELS["unet"] = tiny_models.build_tiny_sd15_patcher(seed=0)
     return _MODELS["unet"]
 
 
@@ -171,7 +171,7 @@ def _tiny_dit():
                                  "pe_interpolation": 1.0, "micro_condition": False, "model_max_length": 77})
         config.set_inference_dtype(torch.float32, None)
         model = config.get_model({})
-        cf.init_weights_(model.diffusion_model, 0)
+        tiny_models.init_weights_(model.diffusion_model, 0)
         _MODELS["dit"] = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                                           offload_device=mm.unet_offload_device())
     return _MODELS["dit"]

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-import comfy_fixtures as cf
+from scripts import comfy_inprocess as inprocess
+from scripts import tiny_models
 
 try:
     import tomllib
@@ -147,7 +147,7 @@ def test_tiny_vae_roundtrip_shapes(tiny_vae):
     dec = tiny_vae.decode(lat)
     assert tuple(dec.shape) == (1, 64, 72, 3)
     assert torch.isfinite(lat).all() and torch.isfinite(dec).all()
-    assert torch.equal(cf.build_tiny_vae(seed=0).encode(img), lat), "seeded init must be deterministic"
+    assert torch.equal(tiny_models.build_tiny_vae(seed=0).encode(img), lat), "seeded init must be deterministic"
 
 
 def test_tiny_checkpoint_loads_as_sd15(comfy_core, tiny_checkpoint):
@@ -214,15 +214,15 @@ def test_executor_runs_a_prompt_and_reuses_cache(comfy_core, tiny_checkpoint):
 def test_run_prompt_reports_errors(comfy_core):
     bad = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "missing.safetensors"}},
            "2": {"class_type": "NoSuchNode", "inputs": {}}}
-    with pytest.raises(cf.PromptError, match="NoSuchNode"):
+    with pytest.raises(inprocess.PromptError, match="NoSuchNode"):
         comfy_core.run_prompt(bad)
     del bad["2"]
-    with pytest.raises(cf.PromptError, match="missing.safetensors"):
+    with pytest.raises(inprocess.PromptError, match="missing.safetensors"):
         comfy_core.run_prompt(bad, outputs=["1"])
 
 
 def test_pack_loads_into_comfyui(comfy):
-    added = comfy.loaded_packs[str(cf.REPO_ROOT)]
+    added = comfy.loaded_packs[str(inprocess.REPO_ROOT)]
     assert added, "the pack registered no node"
     for node_id in added:
         cls = comfy.node_class(node_id)

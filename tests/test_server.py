@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 import workflow_inputs as wi
-from pack import pack_module
+from scripts.comfy_inprocess import pack_module
 from scripts import comfyui_runtime as rt
 from scripts import make_workflows as mw
 from scripts import workflow_format as wf

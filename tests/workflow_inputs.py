@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import functools
 import json
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from oracle_data import sem_pairs_dir
+from scripts import comfyui_runtime as rt
 from scripts import make_example_inputs as examples
 from scripts import make_workflows as mw
 from scripts import workflow_format as wf
@@ -115,16 +114,8 @@ def for_test_ui(ui: dict, defs: dict, checkpoint: str, steps: int = STEPS) -> di
 
 # ---------------------------------------------------------------------------------- checks
 def wait_history(base_url: str, prompt_id: str, timeout: float = 240.0) -> dict:
-    """Poll /history/<id> (bounded) until the prompt is done; returns the entry."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{base_url}/history/{prompt_id}", timeout=30) as r:
-            entry = json.loads(r.read()).get(prompt_id)
-        if entry and (entry.get("status", {}).get("completed")
-                      or entry.get("status", {}).get("status_str") in ("success", "error")):
-            return entry
-        time.sleep(0.25)
-    raise TimeoutError(f"prompt {prompt_id} not finished within {timeout:.0f} s")
+    """The /history entry of a prompt queued by someone else (the browser), once it is done."""
+    return rt.ComfyClient(base_url).wait_for(prompt_id, timeout)
 
 
 def saved_images(entry: dict, output_dir: Path) -> list[Path]:

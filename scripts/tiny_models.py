@@ -1,0 +1,187 @@
+"""Tiny random-weight models built from ComfyUI's own classes, for tests, benchmarks and the
+runner's no-checkpoint fallback (importable without ComfyUI; it is imported lazily).
+
+Weights are initialised explicitly with a seeded, order-independent normal init (ComfyUI's ops
+leave them uninitialised): ``build_tiny_sd15_patcher``, ``build_tiny_vae``,
+``write_tiny_checkpoint`` (a loadable SD1.5-detected checkpoint with TAESD and CLIP-L).
+"""
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODELS_CACHE = REPO_ROOT / ".cache" / "models"
+
+# Bump when the tiny checkpoint's layout or init changes: the file name carries it, so a stale
+# cached file is never reused.
+TINY_CKPT_VERSION = 1
+
+
+def _key_seed(seed: int, key: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(key.encode("utf-8"))) % (2 ** 63)
+
+
+def init_weights_(module, seed: int = 0, prefix: str = ""):
+    """Seeded normal init of every parameter, independent of module order; returns ``module``.
+
+    Each tensor gets its own generator seeded from (seed, crc32(name)) (as in
+    shared/oracle/make_checkpoint.py): weights with >= 2 dims N(0, 1/fan_in), embeddings N(0, 1),
+    norm weights 1 + N(0, 0.1^2), other 1-d params (biases, norm biases) N(0, 0.05^2); scalars
+    named ``vae_scale``/``vae_shift`` (TAESD) are set to 1 and 0. Non-zero "zero_module" layers
+    make outputs input-dependent and let every attention layer matter.
+    """
+    import torch
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            full = prefix + name
+            if name.endswith("vae_scale"):
+                p.fill_(1.0)
+                continue
+            if name.endswith("vae_shift"):
+                p.fill_(0.0)
+                continue
+            g = torch.Generator(device="cpu").manual_seed(_key_seed(seed, full))
+            z = torch.randn(tuple(p.shape), generator=g, dtype=torch.float32)
+            low = name.lower()
+            if "embedding" in low and p.ndim == 2:
+                v = z
+            elif p.ndim >= 2:
+                v = z / math.sqrt(max(1, math.prod(p.shape[1:])))
+            elif p.ndim == 0:
+                v = z * 0.05
+            elif "norm" in low and name.endswith("weight"):
+                v = 1.0 + 0.1 * z
+            else:
+                v = 0.05 * z
+            p.copy_(v.to(p.dtype))
+    return module
+
+
+# SD1.5 layout (comfy format: transformer_depth per input res block, transformer_depth_output
+# per output block, deepest first), at any width.
+def sd15_unet_config(model_channels=32, context_dim=768, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
+                     attention_levels=(0, 1, 2), middle_attention=True):
+    levels = len(channel_mult)
+    td = [1 if lvl in attention_levels else 0 for lvl in range(levels) for _ in range(num_res_blocks)]
+    tdo = [1 if lvl in attention_levels else 0 for lvl in range(levels) for _ in range(num_res_blocks + 1)]
+    return dict(in_channels=4, out_channels=4, model_channels=model_channels,
+                num_res_blocks=[num_res_blocks] * levels, channel_mult=list(channel_mult),
+                transformer_depth=td, transformer_depth_output=tdo,
+                transformer_depth_middle=1 if middle_attention else -1, context_dim=context_dim,
+                use_linear_in_transformer=False, adm_in_channels=None, use_temporal_attention=False,
+                use_temporal_resblock=False, use_checkpoint=False, image_size=32,
+                use_spatial_transformer=True, legacy=False)
+
+
+# Smallest UNet that ComfyUI's detection still calls SD15 (model_channels 320 and context 768 are
+# checked; a transformer in an input block is needed for context_dim): one level, one res block,
+# no middle block; attention in input block 1 and output blocks 0 and 1.
+TINY_CKPT_UNET_CONFIG = dict(in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1],
+                             channel_mult=[1], transformer_depth=[1], transformer_depth_output=[1, 1],
+                             transformer_depth_middle=-2, context_dim=768,
+                             use_linear_in_transformer=False, adm_in_channels=None,
+                             use_temporal_attention=False, use_temporal_resblock=False,
+                             use_checkpoint=False, image_size=32, use_spatial_transformer=True,
+                             legacy=False)
+
+
+def build_sd15_model(unet_config: dict, seed: int = 0):
+    """comfy.model_base.BaseModel (EPS, ModelSamplingDiscrete, SD15 latent format), fp32, CPU."""
+    import torch
+    import comfy.supported_models
+    mc = comfy.supported_models.SD15(unet_config)
+    mc.set_inference_dtype(torch.float32, None)
+    model = mc.get_model({})
+    init_weights_(model.diffusion_model, seed, prefix="model.diffusion_model.")
+    model.eval()
+    return model
+
+
+def build_tiny_sd15_patcher(seed: int = 0, model_channels: int = 32, context_dim: int = 768):
+    """ModelPatcher around a random-init SD1.5-structured UNet (4 levels, 2 res blocks, attention
+    at levels 0-2 and middle, 8 heads) of width ``model_channels``: output blocks 0..11 and the
+    attention layers ("input",1/2/4/5/7/8), ("middle",0), ("output",3..11) exist as in SD1.5.
+    Default: 10.4 M params; a 16x16 latent step takes ~0.1 s on 2 CPU cores."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    model = build_sd15_model(sd15_unet_config(model_channels=model_channels, context_dim=context_dim), seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def build_taesd(seed: int = 0):
+    """comfy.taesd.taesd.TAESD(latent_channels=4), random-init (vae_scale 1, vae_shift 0)."""
+    import comfy.taesd.taesd
+    t = comfy.taesd.taesd.TAESD(latent_channels=4)
+    init_weights_(t, seed, prefix="taesd.")
+    return t.eval()
+
+
+def build_tiny_vae(seed: int = 0):
+    """comfy.sd.VAE around a random-init TAESD: 2.4 M params, encodes [B,H,W,3] -> [B,4,H/8,W/8]."""
+    import comfy.sd
+    return comfy.sd.VAE(sd=build_taesd(seed).state_dict())
+
+
+def tiny_checkpoint_name(with_clip: bool = True, seed: int = 0) -> str:
+    return f"sd15_tiny_v{TINY_CKPT_VERSION}_s{seed}{'' if with_clip else '_noclip'}.safetensors"
+
+
+def build_tiny_checkpoint_state_dict(with_clip: bool = True, seed: int = 0) -> dict:
+    """A single-file SD1.x checkpoint state dict (fp16): tiny UNet + TAESD VAE (+ CLIP-L)."""
+    import torch
+    sd = {}
+    model = build_sd15_model(TINY_CKPT_UNET_CONFIG, seed)
+    for k, v in model.diffusion_model.state_dict().items():
+        sd["model.diffusion_model." + k] = v
+    for k, v in build_taesd(seed).state_dict().items():
+        sd["first_stage_model." + k] = v
+    if with_clip:
+        # The text encoder's size is fixed by comfy/sd1_clip_config.json (CLIP ViT-L/14 text,
+        # 123 M params): a smaller one does not load, and missing keys would stay uninitialised.
+        import comfy.sd1_clip
+        clip = comfy.sd1_clip.SD1ClipModel(device="cpu", dtype=torch.float32)
+        init_weights_(clip, seed, prefix="clip.")
+        for k, v in clip.state_dict().items():
+            if k.endswith("logit_scale") or k.endswith("text_projection.weight"):
+                continue
+            assert k.startswith("clip_l."), k
+            sd["cond_stage_model." + k[len("clip_l."):]] = v
+        sd["cond_stage_model.transformer.text_model.embeddings.position_ids"] = \
+            torch.arange(77, dtype=torch.int64)[None]
+    return {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+
+
+def _atomic_write_safetensors(sd: dict, path: Path, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(sd, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_tiny_checkpoint(path: str | os.PathLike | None = None, with_clip: bool = True,
+                          seed: int = 0, force: bool = False) -> Path:
+    """Write (once) a tiny SD1.5 checkpoint that CheckpointLoaderSimple loads and detects as SD15.
+
+    UNet: 320 channels, one level (detection checks only model_channels 320 and context 768);
+    VAE: TAESD keys under first_stage_model.; CLIP: full CLIP-L text encoder (random) unless
+    ``with_clip=False`` (then the loader returns clip=None). fp16, deterministic for a given torch.
+    Default location: .cache/models/<tiny_checkpoint_name()>; reused when present.
+    """
+    path = Path(path) if path else MODELS_CACHE / tiny_checkpoint_name(with_clip, seed)
+    if path.is_file() and not force:
+        return path
+    sd = build_tiny_checkpoint_state_dict(with_clip=with_clip, seed=seed)
+    import torch
+    _atomic_write_safetensors(sd, path, metadata={
+        "generator": "scripts/tiny_models.py write_tiny_checkpoint",
+        "version": str(TINY_CKPT_VERSION), "seed": str(seed), "torch": torch.__version__})
+    return path
