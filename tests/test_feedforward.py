@@ -399,3 +399,16 @@ def test_combined_file_round_trip_and_refusals(models):
     stytr2 = {f"{part}.{k}": v for part, sd in _state_dicts("stytr2").items() for k, v in sd.items()}
     variant, _, notes = parts_from_combined(dict(stytr2, **{f"vgg.{k}": v for k, v in _state_dicts("stytr2", True)["vgg"].items()}))
     assert variant == "stytr2" and any("VGG only in training" in n for n in notes)
+
+
+def test_deduplicated_encoding_equals_the_full_pass(models):
+    """A flat-colour map's tokens repeat: encoding the distinct ones (log-count logit bias) gives
+    what the full pass gives, token for token."""
+    encoder = copy.deepcopy(models["stytr2"].transformer.encoder_s).double()
+    g = torch.Generator().manual_seed(7)
+    distinct = torch.randn(5, 512, generator=g, dtype=torch.float64)
+    tokens = distinct[torch.randint(0, 5, (60,), generator=g)][None]
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.deduplicated(tokens), encoder(tokens), rtol=1e-12, atol=1e-12)
+        varied = torch.randn(1, 12, 512, generator=g, dtype=torch.float64)   # no repeats: the plain pass
+        torch.testing.assert_close(encoder.deduplicated(varied), encoder(varied), rtol=0, atol=0)
