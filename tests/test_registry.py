@@ -35,8 +35,7 @@ FIX = "run `bash scripts/setup.sh` (it installs comfy-cli through scripts/setup_
 TOP_FILES = {"__init__.py", "LICENSE", "README.md", "requirements.txt", "pyproject.toml"}
 CODE_DIRS = ("nodes", "scsa_core")
 # workflows/ holds the templates, their API twins, thumbnails and the example inputs (inputs/);
-# example_workflows: the folder's name before the rename
-WORKFLOW_DIRS = ("workflows", "example_workflows")
+WORKFLOW_DIRS = ("workflows",)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".svg"}
 MAX_ARCHIVE_BYTES = 10 * 1024 * 1024   # a few workflows, pictures and sources: weights would show
 

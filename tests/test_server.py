@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import urllib.request
 
@@ -83,7 +84,7 @@ def test_core_nodes_of_this_comfyui_fit_the_pinned_ones(defs):
 
 
 def test_core_node_check_tells_a_changed_layout_from_an_added_output(defs):
-    changed = wf.deep_copy(defs)
+    changed = copy.deepcopy(defs)
     changed["SaveImage"]["output"] = ["IMAGE", "STRING"]       # more outputs after the pinned: fine
     changed["SaveImage"]["output_name"] = ["images", "text"]
     assert mw.core_node_problems(changed) == []

@@ -9,6 +9,7 @@ with 64 x 64 px versions (8 x 8 latents, fast on a CPU): pair 29 of the SCSA dat
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from pathlib import Path
@@ -93,7 +94,7 @@ def committed(name: str) -> tuple[dict, dict]:
 
 def for_test_api(api: dict, checkpoint: str, steps: int = STEPS) -> dict:
     """A copy of an API prompt with the test checkpoint and few steps."""
-    api = wf.deep_copy(api)
+    api = copy.deepcopy(api)
     for node in api.values():
         if node["class_type"] == "CheckpointLoaderSimple":
             node["inputs"]["ckpt_name"] = checkpoint
@@ -104,7 +105,7 @@ def for_test_api(api: dict, checkpoint: str, steps: int = STEPS) -> dict:
 
 def for_test_ui(ui: dict, defs: dict, checkpoint: str, steps: int = STEPS) -> dict:
     """A copy of a UI workflow with the test checkpoint and few steps (set by widget name)."""
-    ui = wf.deep_copy(ui)
+    ui = copy.deepcopy(ui)
     for node_id in wf.nodes_of_type(ui, "CheckpointLoaderSimple"):
         wf.set_widget(ui, defs, node_id, "ckpt_name", checkpoint)
     for node_id in wf.nodes_of_type(ui, "SCSAInvert"):

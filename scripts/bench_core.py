@@ -1,6 +1,6 @@
 """Benchmark: one SCSA block call against one plain SDPA self-attention call at the same shape.
 
-    python -m scsa_core.bench [--repeats 7] [--device cpu|cuda] [--dtype float32|float16]
+    .venv/bin/python scripts/bench_core.py [--repeats 7] [--device cpu|cuda] [--dtype float32|float16]
 
 Prints one JSON object per shape on its own line: ``tokens``, ``channels``, ``heads``,
 ``labels``, ``scsa_s`` and ``sdpa_s`` (medians over alternating repeats), ``ratio`` and
@@ -21,12 +21,17 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .attention import pair_labels, split_heads
-from .block import BlockLayers, ReferenceInputs, SCSAParams, scsa_block
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from scsa_core.attention import pair_labels, split_heads  # noqa: E402
+from scsa_core.block import BlockLayers, ReferenceInputs, SCSAParams, scsa_block  # noqa: E402
 
 SHAPES = ((4096, 320), (1024, 640))
 HEADS = 8
@@ -105,7 +110,7 @@ def measure(tokens: int, channels: int, device: str, dtype: torch.dtype, repeats
 def _cpu_peak_mb(tokens: int, channels: int, dtype: str, preset: str, which: str) -> float:
     """Resident-set growth of a fresh process while it runs ``which`` ("sdpa" or "scsa") twice."""
     code = ("import resource, torch, torch.nn.functional as F\n"
-            "from scsa_core import bench as b\n"
+            "from scripts import bench_core as b\n"
             "from scsa_core.attention import split_heads, pair_labels\n"
             "from scsa_core.block import ReferenceInputs, SCSAParams, scsa_block\n"
             f"dt = getattr(torch, {dtype!r}); n, c = {tokens}, {channels}\n"
@@ -118,7 +123,8 @@ def _cpu_peak_mb(tokens: int, channels: int, dtype: str, preset: str, which: str
             f"        if {which!r} == 'sdpa': F.scaled_dot_product_attention(q, k, v)\n"
             f"        else: scsa_block(layers, x, refs, lab, lab, pair_labels(lab, lab), b.HEADS, SCSAParams(preset={preset!r}))\n"
             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(REPO_ROOT))
     return float(out.stdout.strip().splitlines()[-1])
 
 
