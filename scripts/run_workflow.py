@@ -390,111 +390,156 @@ def main(argv=None) -> int:
 
 def _main(a, log) -> int:
     started = time.monotonic()
-    if not a.workflow.is_file():
-        raise RunError(f"workflow {a.workflow} not found")
-    try:
-        workflow = json.loads(a.workflow.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise RunError(f"{a.workflow} is not JSON: {e}") from None
+    workflow = read_workflow(a.workflow)
     jobs = plan_jobs(a, log)
-
-    server = None
-    tmp_models = None
-    noise_warning = None
-    try:
-        if a.server:
-            client = Client(a.server)
-            try:
-                client.get_json("/system_stats", timeout=15)
-            except Exception as e:
-                raise RunError(f"no ComfyUI answers at {a.server} ({e}); start it, or leave out --server "
-                               "to run an embedded one") from None
-        else:
-            comfy_dir = rt.comfyui_path()
-            models = a.models.resolve() if a.models else None
-            if models is not None and not models.is_dir():
-                raise RunError(f"--models {models} is not a folder")
-            folders = checkpoint_folders(models, comfy_dir)
-            wanted = a.checkpoint or _workflow_checkpoint(workflow)
-            available = checkpoints_in(folders)
-            searched = ", ".join(str(f) for f in folders)
-            if wanted and wanted not in available:
-                if a.checkpoint:
-                    raise RunError(f"checkpoint {wanted!r} not found. Searched: {searched}. Found: "
-                                   f"{', '.join(available) or 'nothing'}. Put the file into one of these "
-                                   "folders (or pass --models DIR), or pick one of the found names.")
-                tiny = tiny_checkpoint(log)
-                tmp_models = Path(tempfile.mkdtemp(prefix="scsa-run-models-"))
-                (tmp_models / tiny.name).symlink_to(tiny)
-                models = tmp_models
-                a.checkpoint = tiny.name
-                noise_warning = (
-                    f"NO REAL CHECKPOINT: {wanted!r} is not in {searched}"
-                    + (f" (found: {', '.join(available)}; pass --checkpoint NAME to use one)" if available else "")
-                    + f".\nUsing the tiny RANDOM-WEIGHT test checkpoint {tiny.name}: the output is NOISE from "
-                    "random weights, it only shows that the pipeline runs.\nFor real results put an SD1.5 "
-                    f"checkpoint ({wanted}) into {folders[0]} (or pass --models DIR --checkpoint NAME).")
-                log("!" * 78 + "\n" + noise_warning + "\n" + "!" * 78)
-                if a.size is None:
-                    a.size = TINY_SIZE
-                    log(f"random weights: images scaled to {TINY_SIZE} px (pass --size to change)")
-                if a.steps is None:
-                    a.steps = TINY_STEPS
-                    log(f"random weights: {TINY_STEPS} steps (pass --steps to change)")
-            log(f"starting ComfyUI {rt.comfyui_version(comfy_dir)} from {comfy_dir} (headless, this pack only) ...")
-            server = rt.ComfyServer(models_dir=models, comfy_dir=comfy_dir)
-            server.start()
-            log(f"ComfyUI is up at {server.base_url} (log {server.log_path})")
-            client = Client(server.base_url)
-
-        defs = client.get_json("/object_info")
-        prompt = ui_to_api(workflow, defs) if is_ui_workflow(workflow) else workflow
-        if not isinstance(prompt, dict) or not all(isinstance(v, dict) and "class_type" in v for v in prompt.values()):
-            raise RunError(f"{a.workflow} is neither a UI workflow nor an API prompt")
-        _set_checkpoint(prompt, defs, a.checkpoint, a.server)
-        if a.steps is not None:
-            for node in prompt.values():
-                if node["class_type"] == "SCSAInvert":
-                    node["inputs"]["steps"] = a.steps
+    with connect(a, workflow, log) as session:
+        prompt = prepare_prompt(session.client, workflow, a)
         roles = image_roles(prompt)
         a.out.mkdir(parents=True, exist_ok=True)
         written = []
         for index, (name, files) in enumerate(jobs, 1):
-            unused = sorted(set(files) - set(roles))
-            if unused and not a.pairs:
-                log(f"note: this workflow has no {', '.join(unused)} input; ignoring it")
-            missing = [role for role in ROLES if role in roles and role not in files]
-            if missing:
-                raise RunError(f"the workflow needs {', '.join(missing)} too: pass "
-                               + " ".join(f"--{m.replace('_', '-')} IMG" for m in missing))
-            job_prompt = json.loads(json.dumps(prompt))
-            pngs = prepare_images({r: p for r, p in files.items() if r in roles}, a.size)
-            for role, data in pngs.items():
-                job_prompt[roles[role]]["inputs"]["image"] = client.upload_image(data, f"scsa_run_{name}_{role}.png")
-            for node in job_prompt.values():
-                if node["class_type"] == "SaveImage":
-                    node["inputs"]["filename_prefix"] = f"scsa_run/{a.workflow.stem}_{name}"
             log(f"[{name}] running {a.workflow.name} ({index}/{len(jobs)})")
-            entry = run_prompt(client, job_prompt, Progress(name, job_prompt, a.quiet), a.timeout)
-            saved = [image for output in entry.get("outputs", {}).values()
-                     for image in output.get("images", []) if image.get("type") == "output"]
-            for k, image in enumerate(saved):
-                suffix = f"_{k + 1}" if len(saved) > 1 else ""
-                target = a.out / f"{a.workflow.stem}_{name}{suffix}.png"
-                target.write_bytes(client.view(image))
-                written.append(target)
-                log(f"[{name}] wrote {target}")
+            written += run_job(session.client, prompt, roles, name, files, a, log)
         if not written:
             raise RunError("the workflow produced no saved image (no SaveImage output)")
         log(f"{len(written)} image(s) in {a.out} ({time.monotonic() - started:.0f} s)")
-        if noise_warning:
+        if session.noise_warning:
             log("reminder: random test weights were used, the images are noise (see above).")
-        return 0
-    finally:
-        if server is not None:
-            server.cleanup()
-        if tmp_models is not None:
-            shutil.rmtree(tmp_models, ignore_errors=True)
+    return 0
+
+
+def read_workflow(path: Path) -> dict:
+    if not path.is_file():
+        raise RunError(f"workflow {path} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise RunError(f"{path} is not JSON: {e}") from None
+
+
+class Session:
+    """The ComfyUI the runner talks to: ``--server``, or an embedded one it starts and stops."""
+
+    def __init__(self):
+        self.client: Client | None = None
+        self.server: rt.ComfyServer | None = None
+        self.tmp_models: Path | None = None
+        self.noise_warning: str | None = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.server is not None:
+            self.server.cleanup()
+        if self.tmp_models is not None:
+            shutil.rmtree(self.tmp_models, ignore_errors=True)
+
+
+def connect(a, workflow: dict, log) -> Session:
+    """A Session on ``--server``, or on an embedded ComfyUI that has the workflow's checkpoint
+    (or, loudly, the tiny random-weight one)."""
+    session = Session()
+    try:
+        if a.server:
+            session.client = Client(a.server)
+            try:
+                session.client.get_json("/system_stats", timeout=15)
+            except Exception as e:
+                raise RunError(f"no ComfyUI answers at {a.server} ({e}); start it, or leave out --server "
+                               "to run an embedded one") from None
+            return session
+        comfy_dir = rt.comfyui_path()
+        models = a.models.resolve() if a.models else None
+        if models is not None and not models.is_dir():
+            raise RunError(f"--models {models} is not a folder")
+        models = _models_with_checkpoint(session, a, workflow, models, comfy_dir, log)
+        log(f"starting ComfyUI {rt.comfyui_version(comfy_dir)} from {comfy_dir} (headless, this pack only) ...")
+        session.server = rt.ComfyServer(models_dir=models, comfy_dir=comfy_dir)
+        session.server.start()
+        log(f"ComfyUI is up at {session.server.base_url} (log {session.server.log_path})")
+        session.client = Client(session.server.base_url)
+        return session
+    except BaseException:
+        session.__exit__(None, None, None)
+        raise
+
+
+def _models_with_checkpoint(session: Session, a, workflow: dict, models: Path | None, comfy_dir: Path,
+                            log) -> Path | None:
+    """The models folder for the embedded server: ``models`` when the wanted checkpoint is there,
+    else a temp folder with the tiny random-weight checkpoint (and a loud warning)."""
+    folders = checkpoint_folders(models, comfy_dir)
+    wanted = a.checkpoint or _workflow_checkpoint(workflow)
+    available = checkpoints_in(folders)
+    searched = ", ".join(str(f) for f in folders)
+    if not wanted or wanted in available:
+        return models
+    if a.checkpoint:
+        raise RunError(f"checkpoint {wanted!r} not found. Searched: {searched}. Found: "
+                       f"{', '.join(available) or 'nothing'}. Put the file into one of these "
+                       "folders (or pass --models DIR), or pick one of the found names.")
+    tiny = tiny_checkpoint(log)
+    session.tmp_models = Path(tempfile.mkdtemp(prefix="scsa-run-models-"))
+    (session.tmp_models / tiny.name).symlink_to(tiny)
+    a.checkpoint = tiny.name
+    session.noise_warning = (
+        f"NO REAL CHECKPOINT: {wanted!r} is not in {searched}"
+        + (f" (found: {', '.join(available)}; pass --checkpoint NAME to use one)" if available else "")
+        + f".\nUsing the tiny RANDOM-WEIGHT test checkpoint {tiny.name}: the output is NOISE from "
+        "random weights, it only shows that the pipeline runs.\nFor real results put an SD1.5 "
+        f"checkpoint ({wanted}) into {folders[0]} (or pass --models DIR --checkpoint NAME).")
+    log("!" * 78 + "\n" + session.noise_warning + "\n" + "!" * 78)
+    if a.size is None:
+        a.size = TINY_SIZE
+        log(f"random weights: images scaled to {TINY_SIZE} px (pass --size to change)")
+    if a.steps is None:
+        a.steps = TINY_STEPS
+        log(f"random weights: {TINY_STEPS} steps (pass --steps to change)")
+    return session.tmp_models
+
+
+def prepare_prompt(client: Client, workflow: dict, a) -> dict:
+    """The API prompt of the workflow, with the chosen checkpoint and steps."""
+    defs = client.get_json("/object_info")
+    prompt = ui_to_api(workflow, defs) if is_ui_workflow(workflow) else workflow
+    if not isinstance(prompt, dict) or not all(isinstance(v, dict) and "class_type" in v for v in prompt.values()):
+        raise RunError(f"{a.workflow} is neither a UI workflow nor an API prompt")
+    _set_checkpoint(prompt, defs, a.checkpoint, a.server)
+    if a.steps is not None:
+        for node in prompt.values():
+            if node["class_type"] == "SCSAInvert":
+                node["inputs"]["steps"] = a.steps
+    return prompt
+
+
+def run_job(client: Client, prompt: dict, roles: dict, name: str, files: dict, a, log) -> list[Path]:
+    """Upload one job's images into a copy of ``prompt``, run it, download what it saved."""
+    unused = sorted(set(files) - set(roles))
+    if unused and not a.pairs:
+        log(f"note: this workflow has no {', '.join(unused)} input; ignoring it")
+    missing = [role for role in ROLES if role in roles and role not in files]
+    if missing:
+        raise RunError(f"the workflow needs {', '.join(missing)} too: pass "
+                       + " ".join(f"--{m.replace('_', '-')} IMG" for m in missing))
+    job_prompt = json.loads(json.dumps(prompt))
+    pngs = prepare_images({r: p for r, p in files.items() if r in roles}, a.size)
+    for role, data in pngs.items():
+        job_prompt[roles[role]]["inputs"]["image"] = client.upload_image(data, f"scsa_run_{name}_{role}.png")
+    for node in job_prompt.values():
+        if node["class_type"] == "SaveImage":
+            node["inputs"]["filename_prefix"] = f"scsa_run/{a.workflow.stem}_{name}"
+    entry = run_prompt(client, job_prompt, Progress(name, job_prompt, a.quiet), a.timeout)
+    saved = [image for output in entry.get("outputs", {}).values()
+             for image in output.get("images", []) if image.get("type") == "output"]
+    written = []
+    for k, image in enumerate(saved):
+        suffix = f"_{k + 1}" if len(saved) > 1 else ""
+        target = a.out / f"{a.workflow.stem}_{name}{suffix}.png"
+        target.write_bytes(client.view(image))
+        written.append(target)
+        log(f"[{name}] wrote {target}")
+    return written
 
 
 def _workflow_checkpoint(workflow: dict) -> str | None:

@@ -65,10 +65,6 @@ class FeatureBank:
             if grid is not None:
                 self._grids[(block, name)] = (int(grid[0]), int(grid[1]))
 
-    def has(self, t: int, block: Hashable) -> bool:
-        """Every stream has been recorded at ``(t, block)``."""
-        return len(self._entries.get((int(t), block), ())) == len(self.streams)
-
     def grid(self, block: Hashable, stream: str) -> tuple[int, int] | None:
         """The ``(h, w)`` token grid ``stream`` was recorded at in ``block`` (None: not given)."""
         return self._grids.get((block, stream))
