@@ -147,6 +147,8 @@ def write_extra_model_paths(yaml_path: Path, custom_nodes_dir: Path,
             if (models_dir / folder).is_dir():
                 paths.insert(0, str(models_dir / folder))
             lines.append(f"    {folder}: {json.dumps(chr(10).join(paths))}")
+        if (models_dir / "style_transfer").is_dir():  # feed-forward weight sets
+            lines.append(f"    style_transfer: {json.dumps(str(models_dir / 'style_transfer'))}")
     yaml_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return yaml_path
 

@@ -219,8 +219,49 @@ def scsa_sdxl() -> Graph:
     return scsa_color_maps("scsa_sdxl_color_maps", SDXL_CHECKPOINT, NOTE_SDXL, prefix="scsa_sdxl")
 
 
+def feedforward(variant: str) -> Graph:
+    """SANet+SCSA or StyTr2+SCSA: one network pass, no diffusion model."""
+    node_type, weights, note = FEEDFORWARD[variant]
+    g = Graph(f"scsa_{variant}", view=(0.75, (20.0, 20.0)))
+    loader = g.add("SCSAFeedForwardLoader", (40, 60), (320, 60), model_name=File(weights))
+    content = g.add("LoadImage", (400, 60), (300, 330), title="Content image", image=File(IMAGES["content"]))
+    style = g.add("LoadImage", (720, 60), (300, 330), title="Style image", image=File(IMAGES["style"]))
+    content_map = g.add("SCSALoadSemanticMap", (400, 440), (300, 330), title="Content semantic map",
+                        image=File(IMAGES["content_map"]))
+    style_map = g.add("SCSALoadSemanticMap", (720, 440), (300, 330), title="Style semantic map",
+                      image=File(IMAGES["style_map"]))
+    pair = g.add("SCSASemanticPair", (1060, 440), (420, 360), content_map=content_map[0], style_map=style_map[0])
+    stylize = g.add(node_type, (1060, 60), (330, 260), model=loader[0], content=content[0], style=style[0],
+                    semantics=pair[0])
+    g.add("SaveImage", (1520, 60), (380, 420), images=stylize[0], filename_prefix=f"scsa_{variant}")
+    g.note(note, (40, 170), (330, 390))
+    g.group("Model", (20, -10, 360, 590))
+    g.group("Images and semantic maps", (380, -10, 660, 800))
+    g.group(f"{variant.capitalize() if variant == 'sanet' else 'StyTr2'} + SCSA", (1040, -10, 880, 820))
+    return g
+
+
+NOTE_SANET = """SANet + SCSA: semantic style transfer in one network pass (no diffusion model)
+
+1. Put SANet's weights in models/style_transfer/sanet/: vgg_normalised.pth, decoder_iter_500000.pth, transformer_iter_500000.pth (as published with SANet), or one converted .safetensors (scripts/convert_feedforward_weights.py). Refresh, then pick the set in the loader.
+2. The example images (scsa_example_*.png) are in your input folder: Run.
+
+Without semantics (disconnect it) the node runs plain SANet. sca_weight / ssa_weight: smooth region-wise style vs copied texture (SCSA's defaults 0.7 / 0.3)."""
+
+NOTE_STYTR2 = """StyTr2 + SCSA: semantic style transfer with a transformer, in one pass (no diffusion model)
+
+1. Put StyTr2's weights in models/style_transfer/stytr2/: embedding_iter_160000.pth, decoder_iter_160000.pth, transformer_iter_160000.pth (as published with StyTR-2), or one converted .safetensors. Refresh, then pick the set in the loader.
+2. The example images (scsa_example_*.png) are in your input folder: Run.
+
+Without semantics (disconnect it) the node runs plain StyTr2 (SCSA's defaults: 1.2 / 0.5)."""
+
+# variant -> (stylize node, weight set the template names, note)
+FEEDFORWARD = {"sanet": ("SCSASANetStylize", "sanet/", NOTE_SANET),
+               "stytr2": ("SCSAStyTr2Stylize", "stytr2/", NOTE_STYTR2)}
+
 GRAPHS = {"scsa_sd15_color_maps": scsa_color_maps, "styleid_sd15": styleid, "scsa_sd15_masks": scsa_masks,
-          "scsa_sdxl_color_maps": scsa_sdxl}
+          "scsa_sdxl_color_maps": scsa_sdxl, "scsa_sanet": lambda: feedforward("sanet"),
+          "scsa_stytr2": lambda: feedforward("stytr2")}
 
 
 # ---------------------------------------------------------------------- node definitions

@@ -168,7 +168,11 @@ def oracle_checkpoint(oracle_dir, comfy_core) -> Path:
 # ------------------------------------------------------------------------------------ server
 @pytest.fixture(scope="session")
 def models_dir(tiny_checkpoint, tmp_path_factory) -> Path:
-    """A temp models folder holding (a symlink to) the tiny checkpoint."""
+    """A temp models folder holding (a symlink to) the tiny checkpoint, and random-weight SANet
+    and StyTr2 sets under style_transfer/ named as the feed-forward templates name them."""
+    import feedforward_weights
+    from scripts import make_workflows
+
     d = tmp_path_factory.mktemp("models")
     link = d / tiny_checkpoint.name
     try:
@@ -176,6 +180,9 @@ def models_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     except OSError:
         import shutil
         shutil.copy2(tiny_checkpoint, link)
+    for variant, (_, weight_set, _) in make_workflows.FEEDFORWARD.items():
+        feedforward_weights.write_official_folder(d / "style_transfer" / weight_set.rstrip("/"), variant,
+                                                  extension=".safetensors")
     return d
 
 

@@ -28,7 +28,8 @@ STEPS = 4
 PAIR = "29"
 WORKFLOWS = tuple(mw.GRAPHS)
 PACK_NODES = ("SCSALoadSemanticMap", "SCSASemanticPair", "SCSASemanticFromMasks", "SCSAInvert",
-              "SCSAApply", "SCSAStyleSampler", "SCSAMaskBatch")
+              "SCSAApply", "SCSAStyleSampler", "SCSAMaskBatch", "SCSAFeedForwardLoader", "SCSASANetStylize",
+              "SCSAStyTr2Stylize")
 PACK_MODULE = "custom_nodes.scsa-style-transfer"
 
 
@@ -92,24 +93,34 @@ def committed(name: str) -> tuple[dict, dict]:
     return (json.loads(p["ui"].read_text(encoding="utf-8")), json.loads(p["api"].read_text(encoding="utf-8")))
 
 
+# The feed-forward stylize nodes' working resolution in tests: random weights, so small is enough.
+FEEDFORWARD_TEST_SIZE = 128
+FEEDFORWARD_NODES = ("SCSASANetStylize", "SCSAStyTr2Stylize")
+
+
 def for_test_api(api: dict, checkpoint: str, steps: int = STEPS) -> dict:
-    """A copy of an API prompt with the test checkpoint and few steps."""
+    """A copy of an API prompt with the test checkpoint, few steps and a small working size."""
     api = copy.deepcopy(api)
     for node in api.values():
         if node["class_type"] == "CheckpointLoaderSimple":
             node["inputs"]["ckpt_name"] = checkpoint
         if node["class_type"] == "SCSAInvert":
             node["inputs"]["steps"] = steps
+        if node["class_type"] in FEEDFORWARD_NODES:
+            node["inputs"]["size"] = FEEDFORWARD_TEST_SIZE
     return api
 
 
 def for_test_ui(ui: dict, defs: dict, checkpoint: str, steps: int = STEPS) -> dict:
-    """A copy of a UI workflow with the test checkpoint and few steps (set by widget name)."""
+    """The same for a UI workflow (set by widget name)."""
     ui = copy.deepcopy(ui)
     for node_id in wf.nodes_of_type(ui, "CheckpointLoaderSimple"):
         wf.set_widget(ui, defs, node_id, "ckpt_name", checkpoint)
     for node_id in wf.nodes_of_type(ui, "SCSAInvert"):
         wf.set_widget(ui, defs, node_id, "steps", steps)
+    for node_type in FEEDFORWARD_NODES:
+        for node_id in wf.nodes_of_type(ui, node_type):
+            wf.set_widget(ui, defs, node_id, "size", FEEDFORWARD_TEST_SIZE)
     return ui
 
 
