@@ -205,7 +205,7 @@ class SCSAFeedForwardLoader(io.ComfyNode):
 
 
 # ----------------------------------------------------------------------------------- stylize
-def _check_model(model, variant: str, node: str, other: str) -> FeedForwardModel:
+def _check_model(model, variant: str, other: str) -> FeedForwardModel:
     if not isinstance(model, FeedForwardModel):
         raise ValueError("model: connect the output of 'Load Style Transfer Model (SCSA)'")
     if model.variant != variant:
@@ -280,7 +280,7 @@ class SCSASANetStylize(io.ComfyNode):
     @classmethod
     def execute(cls, model, content, style, preset, sca_weight, ssa_weight, size, semantics=None,
                 output_size="content"):
-        model = _check_model(model, "sanet", "SANet Stylize (SCSA)", "StyTr2 Stylize (SCSA)")
+        model = _check_model(model, "sanet", "StyTr2 Stylize (SCSA)")
         return run_stylize(model, content, style, semantics, preset, SCSAWeights(sca_weight, ssa_weight),
                            size, output_size)
 
@@ -304,7 +304,7 @@ class SCSAStyTr2Stylize(io.ComfyNode):
     @classmethod
     def execute(cls, model, content, style, preset, sca_weight, ssa_weight, adain_mix, size, semantics=None,
                 output_size="content"):
-        model = _check_model(model, "stytr2", "StyTr2 Stylize (SCSA)", "SANet Stylize (SCSA)")
+        model = _check_model(model, "stytr2", "SANet Stylize (SCSA)")
         return run_stylize(model, content, style, semantics, preset,
                            SCSAWeights(sca_weight, ssa_weight, adain_mix), size, output_size)
 

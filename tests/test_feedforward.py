@@ -276,6 +276,19 @@ def test_batches_and_progress(models, variant):
     assert len(ticks) == 2 * model.progress_steps(True)
     single = stylize(model, content[1:], _random_image(32, 32, 6), semantics, size=48)
     torch.testing.assert_close(out.image[1:], single.image)
+    # one style for the batch: the style's and the maps' features are computed once
+    encoder = model.vgg if variant == "sanet" else model.transformer.encoder_c
+    name = "relu4_1" if variant == "sanet" else "forward"
+    calls = []
+    original = getattr(encoder, name)
+    try:
+        setattr(encoder, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+        stylize(model, _random_image(32, 48, 7, batch=3), _random_image(32, 32, 6), semantics, size=48)
+    finally:
+        delattr(encoder, name)
+    # SANet: content+map, style+map, then each further content alone; StyTr2 (encoder_c): the
+    # style's second pass once, then content+map per image
+    assert len(calls) == (2 + 2 if variant == "sanet" else 1 + 3), calls
 
 
 def test_working_size_and_input_errors(models):
@@ -296,6 +309,9 @@ def test_working_size_and_input_errors(models):
         stylize(model, image, torch.cat([image, image]))
     with pytest.raises(ValueError, match="sca_weight must be a finite number"):
         SCSAWeights(float("nan"), 0.3)
+    planar = image.permute(0, 3, 1, 2)
+    with pytest.raises(ValueError, match=r"the style semantic map is \(1, 3, 16, 32\) but the style image is"):
+        model.forward_scsa(planar, planar, planar, planar[..., :16, :], lambda c, s: (None, None))
 
 
 # --------------------------------------------------------------------------------- weights
@@ -412,3 +428,26 @@ def test_deduplicated_encoding_equals_the_full_pass(models):
         torch.testing.assert_close(encoder.deduplicated(tokens), encoder(tokens), rtol=1e-12, atol=1e-12)
         varied = torch.randn(1, 12, 512, generator=g, dtype=torch.float64)   # no repeats: the plain pass
         torch.testing.assert_close(encoder.deduplicated(varied), encoder(varied), rtol=0, atol=0)
+
+
+def test_converter_writes_one_loadable_file(models, tmp_path):
+    """scripts/convert_feedforward_weights.py: a folder of published .pth files -> one
+    .safetensors that loads to the same model; a code-executing pickle is refused."""
+    from safetensors import safe_open
+    from scripts.convert_feedforward_weights import main
+    folder = fw.write_official_folder(tmp_path / "sanet", "sanet", extension=".pth")
+    out = tmp_path / "sanet.safetensors"
+    main([str(folder), str(out)])
+    with safe_open(str(out), "pt") as f:
+        metadata, combined = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    variant, parts, _ = parts_from_combined(combined, metadata)
+    assert variant == "sanet" and metadata["variant"] == "sanet"
+    for (key, a), (_, b) in zip(build_model(variant, parts).state_dict().items(), models["sanet"].state_dict().items()):
+        assert torch.equal(a, b), key
+    torch.save({"model": _CodeNeeded()}, str(folder / "transformer_iter_500000.pth"))
+    with pytest.raises(SystemExit, match="refused, the file is a pickle that needs to run code"):
+        main([str(folder), str(tmp_path / "again.safetensors")])
+
+
+class _CodeNeeded:
+    """Unpickling this needs this class: torch.load(weights_only=True) refuses it."""

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["to_tokens", "to_feature_map", "conv1x1_tokens", "SCSAWeights", "LabelsAt", "Trace",
-           "record", "flat_labels", "MAX_GRID_TOKENS"]
+           "record", "flat_labels", "check_map_sizes", "MAX_GRID_TOKENS"]
 
 # A content grid larger than this (tokens) would make the attention of one call take minutes
 # and gigabytes; callers refuse it with the working resolution to lower (1024 x 1024 px of
@@ -77,3 +77,13 @@ def flat_labels(labels: torch.Tensor, grid: tuple, side: str, device) -> torch.T
         raise ValueError(f"the {side} labels are {tuple(labels.shape)} but the {side} feature grid is "
                          f"{tuple(grid)}: labels_at must return label maps at the grids it is given")
     return labels.reshape(-1).long().to(device)
+
+
+def check_map_sizes(content: torch.Tensor, style: torch.Tensor, content_sem: torch.Tensor,
+                    style_sem: torch.Tensor) -> None:
+    """Each semantic map image must have its own image's size (they share the feature grid)."""
+    for name, image, sem in (("content", content, content_sem), ("style", style, style_sem)):
+        if tuple(sem.shape[-2:]) != tuple(image.shape[-2:]) or sem.shape[0] != 1:
+            raise ValueError(f"the {name} semantic map is {tuple(sem.shape)} but the {name} image is "
+                             f"{tuple(image.shape)}: give one map [1, 3, H, W] of the image's size "
+                             "(scsa_core.feedforward.stylize resizes them)")

@@ -31,8 +31,8 @@ from ..adain import instance_normalize, semantic_adain
 from ..attention import (pair_labels, plain_attention, semantic_continuous_attention,
                          semantic_sparse_attention)
 from .cnn_decoder import CNNDecoder
-from .common import (LabelsAt, SCSAWeights, Trace, conv1x1_tokens, flat_labels, record, to_feature_map,
-                     to_tokens)
+from .common import (LabelsAt, SCSAWeights, Trace, check_map_sizes, conv1x1_tokens, flat_labels, record,
+                     to_feature_map, to_tokens)
 from .vgg import VGGEncoder
 
 __all__ = ["SANetModule", "SANetTransform", "SANetModel", "sanet_transformer_key_shapes",
@@ -196,17 +196,31 @@ class SANetModel(nn.Module):
 
     def forward_scsa(self, content: torch.Tensor, style: torch.Tensor, content_sem: torch.Tensor,
                      style_sem: torch.Tensor, labels_at: LabelsAt, weights: SCSAWeights = SANET_DEFAULT_WEIGHTS,
-                     trace: Trace | None = None, progress: Callable[[], None] | None = None) -> torch.Tensor:
+                     trace: Trace | None = None, progress: Callable[[], None] | None = None,
+                     reference_cache: dict | None = None) -> torch.Tensor:
         """SANet+SCSA. content ``[B, 3, H, W]``; style ``[1, 3, Hs, Ws]``; content_sem / style_sem:
         the semantic maps as images of the content's / style's size; ``labels_at(content_grid,
-        style_grid)`` gives the label maps at each level's grids -> raw image ``[B, 3, H, W]``."""
+        style_grid)`` gives the label maps at each level's grids -> raw image ``[B, 3, H, W]``.
+
+        ``reference_cache``: a dict kept by the caller across calls with the *same* style and
+        maps (e.g. the images of a batch): the style's and both maps' VGG features are computed
+        on the first call only, so later images cost what plain SANet costs, plus attention.
+        """
+        check_map_sizes(content, style, content_sem, style_sem)
+        cache = {} if reference_cache is None else reference_cache
         tick = progress or (lambda: None)
         batch = content.shape[0]
-        c, grid4, grid5 = self._encode(torch.cat([content, content_sem]),
-                                       (("content", batch), ("content_sem", 1)), trace)
+        if "content_sem" in cache:
+            c, grid4, grid5 = self._encode(content, (("content", batch),), trace)
+            c["content_sem"] = cache["content_sem"]
+        else:   # an image and its map share a size: one VGG call per side
+            c, grid4, grid5 = self._encode(torch.cat([content, content_sem]),
+                                           (("content", batch), ("content_sem", 1)), trace)
+            cache["content_sem"] = c["content_sem"]
         tick()
-        s, style_grid4, style_grid5 = self._encode(torch.cat([style, style_sem]),
-                                                   (("style", 1), ("style_sem", 1)), trace)
+        if "style" not in cache:
+            cache["style"] = self._encode(torch.cat([style, style_sem]), (("style", 1), ("style_sem", 1)), trace)
+        s, style_grid4, style_grid5 = cache["style"]
         tick()
         fused = []
         for index, (level, module, c_grid, s_grid) in enumerate((

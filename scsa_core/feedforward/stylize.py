@@ -219,6 +219,8 @@ def stylize(model, content: torch.Tensor, style: torch.Tensor, semantics: Semant
             if note:
                 notes.append(note)
     outputs = []
+    # One style for the whole batch: its features and the maps' are computed once.
+    shared_cache: dict = {}
     with torch.no_grad():
         style_prepared = prepare(style, style_hw)
         for index in range(batch):
@@ -228,7 +230,8 @@ def stylize(model, content: torch.Tensor, style: torch.Tensor, semantics: Semant
                 raw = model.forward_plain(one_content, one_style, progress=progress)
             else:
                 raw = model.forward_scsa(one_content, one_style, content_sem, style_sem, labels_at, weights,
-                                         progress=progress)
+                                         progress=progress,
+                                         reference_cache=shared_cache if style.shape[0] == 1 else None)
             image = raw.float().clamp(0.0, 1.0)
             if output_size == "content":
                 image = resize_images(image, content.shape[1], content.shape[2]).clamp(0.0, 1.0)

@@ -37,7 +37,7 @@ from ..adain import semantic_adain
 from ..attention import (LabelPairing, merge_heads, pair_labels, plain_attention, semantic_continuous_attention,
                          semantic_sparse_attention, split_heads)
 from .cnn_decoder import CNNDecoder
-from .common import LabelsAt, SCSAWeights, Trace, flat_labels, record, to_feature_map, to_tokens
+from .common import LabelsAt, SCSAWeights, Trace, check_map_sizes, flat_labels, record, to_feature_map, to_tokens
 
 __all__ = ["StyTr2Model", "StyTr2Transformer", "PatchEmbedding", "AttentionWeights",
            "stytr2_transformer_key_shapes", "stytr2_embedding_key_shapes", "STYTR2_DEFAULT_WEIGHTS"]
@@ -354,34 +354,47 @@ class StyTr2Model(nn.Module):
     def forward_scsa(self, content: torch.Tensor, style: torch.Tensor, content_sem: torch.Tensor,
                      style_sem: torch.Tensor, labels_at: LabelsAt,
                      weights: SCSAWeights = STYTR2_DEFAULT_WEIGHTS, trace: Trace | None = None,
-                     progress: Callable[[], None] | None = None) -> torch.Tensor:
+                     progress: Callable[[], None] | None = None,
+                     reference_cache: dict | None = None) -> torch.Tensor:
         """StyTr2+SCSA. content ``[B, 3, H, W]``; style ``[1, 3, Hs, Ws]``; content_sem / style_sem:
         the semantic maps as images of the content's / style's size; ``labels_at(content_grid,
         style_grid)`` gives the label maps at the token grids -> raw image ``[B, 3, 8 floor(H/8),
-        8 floor(W/8)]``."""
+        8 floor(W/8)]``.
+
+        ``reference_cache``: a dict kept by the caller across calls with the *same* style and
+        maps (e.g. the images of a batch): the style side (Es, Esm, Esc) and the content map's
+        embedding are computed on the first call only.
+        """
+        check_map_sizes(content, style, content_sem, style_sem)
+        cache = {} if reference_cache is None else reference_cache
         tick = progress or (lambda: None)
         batch = content.shape[0]
         transformer = self.transformer
-        # An image and its map share a size: one embedding call per side.
-        e_content, e_style, position = self._embed(torch.cat([content, content_sem]),
-                                                   torch.cat([style, style_sem]), batch)
-        e_c, e_cm = to_tokens(e_content[:batch]), to_tokens(e_content[batch:])
-        e_s, e_sm = to_tokens(e_style[:1]), to_tokens(e_style[1:])
-        grid, style_grid = tuple(e_content.shape[-2:]), tuple(e_style.shape[-2:])
+        if "content_sem" not in cache:
+            cache["content_sem"] = to_tokens(self.embedding(content_sem))
+        e_content = self.embedding(content)
+        position = transformer.content_position(e_content)
+        e_c, e_cm = to_tokens(e_content), cache["content_sem"]
+        tick()
+        if "style" not in cache:
+            e_style = self.embedding(torch.cat([style, style_sem]))
+            e_s, e_sm = to_tokens(e_style[:1]), to_tokens(e_style[1:])
+            memory = transformer.encoder_s(e_s)
+            # The style map has few distinct patches (flat colours): encoded once per distinct patch.
+            memory_sem = transformer.encoder_s.deduplicated(e_sm)
+            tick()
+            # The style encoded a second time by the content encoder: S-AdaIN's target.
+            style_twice = transformer.encoder_c(memory)
+            cache["style"] = (e_s, e_sm, memory, memory_sem, style_twice, tuple(e_style.shape[-2:]))
+        else:
+            tick()
+        tick()
+        e_s, e_sm, memory, memory_sem, style_twice, style_grid = cache["style"]
+        grid = tuple(e_content.shape[-2:])
         pos = to_tokens(position)
-        for name, value in (("E_c", e_c), ("E_s", e_s), ("E_cm", e_cm), ("E_sm", e_sm), ("P", pos)):
+        for name, value in (("E_c", e_c), ("E_s", e_s), ("E_cm", e_cm), ("E_sm", e_sm), ("P", pos),
+                            ("Es", memory), ("Esm", memory_sem), ("Esc", style_twice)):
             record(trace, name, value)
-        tick()
-        memory = transformer.encoder_s(e_s)
-        # The style map has few distinct patches (flat colours): encoded once per distinct patch.
-        memory_sem = transformer.encoder_s.deduplicated(e_sm)
-        record(trace, "Es", memory)
-        record(trace, "Esm", memory_sem)
-        tick()
-        # The style encoded a second time by the content encoder: S-AdaIN's target.
-        style_twice = transformer.encoder_c(memory)
-        record(trace, "Esc", style_twice)
-        tick()
         # Content and content map through encoder_c together, both with the content's P.
         encoded = transformer.encoder_c(torch.cat([e_c, e_cm.expand(batch, -1, -1)]), torch.cat([pos, pos]))
         content_tokens, content_sem_tokens = encoded[:batch], encoded[batch:]
