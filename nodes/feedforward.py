@@ -41,9 +41,12 @@ FOLDER = "style_transfer"
 log = logging.getLogger("scsa")
 FeedForwardModelType = io.Custom("SCSA_FF_MODEL")
 
-# Bytes of activations per working-resolution pixel (content + style), measured as the peak
-# resident-set growth of one 512 x 512 call on the CPU (SANet 2.4 kB, StyTr2 3.6 kB), rounded up.
-ACTIVATION_BYTES_PER_PIXEL = {"sanet": 3072, "stytr2": 4096}
+# Activation memory per working-resolution pixel (content + style) that ComfyUI is asked to free
+# before a run. Measured (scripts/bench_feedforward.py, CPU peak resident-set growth of one call):
+# SANet 623 MB at 512 x 512 (1.19 kB/px), 1789 MB at 1024 x 1024 (0.85 kB/px); StyTr2 605 MB
+# (1.15 kB/px) and 1524 MB (0.73 kB/px). The CNN decoder at full resolution sets the peak, with or
+# without semantics. Rounded up to 2 kB for allocator slack on a GPU.
+ACTIVATION_BYTES_PER_PIXEL = {"sanet": 2048, "stytr2": 2048}
 _CACHE_SIZE = 2   # loaded sets kept between prompts (the executor's own cache keeps the last output)
 _CACHE: OrderedDict = OrderedDict()
 
