@@ -14,7 +14,7 @@ import torch
 from comfy_api.latest import io
 
 from ..scsa_core.block import PRESETS, SCSAParams
-from ..scsa_core.schedules import TIMESTEP_MODES
+from ..scsa_core.schedules import STRENGTH_SCHEDULES, TIMESTEP_MODES, InjectionTiming
 from .families import family_of
 from .injection import SETTINGS_KEY, ApplySettings, StyleIDParams
 from .pipeline import INIT_MODES, STORAGE_MODES, invert, style_sample
@@ -115,20 +115,50 @@ class SCSAApply(io.ComfyNode):
                                        "preserves content."),
                 io.Float.Input("styleid_temperature", default=1.5, min=0.1, max=5.0, step=0.05, optional=True,
                                tooltip="StyleID mode: attention temperature (StyleID's default 1.5)."),
+                # Appended, optional, defaults = the papers' injection: saved workflows keep their image.
+                io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="Fraction of the sampling steps where injection begins (like "
+                                       "ControlNet's start percent). Steps before it run the model's own "
+                                       "self-attention. 0: from the first step."),
+                io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="Fraction of the sampling steps where injection stops; later steps "
+                                       "run the model's own self-attention (lower: the last steps refine "
+                                       "with the model's own detail). 1: to the last step. start = end: "
+                                       "no injection."),
+                io.Combo.Input("strength_schedule", options=list(STRENGTH_SCHEDULES), default="constant",
+                               optional=True,
+                               tooltip="Injection strength over the injected steps. constant: full strength "
+                                       "throughout (the papers'). linear / cosine: decays from full strength "
+                                       "towards the model's own attention at end (SCA and SSA weights, or "
+                                       "StyleID's share, times 1 - p or (1 + cos(pi p)) / 2)."),
             ],
             outputs=[io.Model.Output("patched_model", display_name="model")],
         )
 
     @classmethod
+    def validate_inputs(cls, start=0.0, end=1.0):
+        # Refuse a bad window when the prompt is queued, before SCSAInvert spends minutes. A value
+        # that arrives through a link is not known yet (None); execute checks it.
+        if not all(isinstance(value, (int, float)) for value in (start, end)):
+            return True
+        try:
+            InjectionTiming(start=start, end=end)
+        except ValueError as e:
+            return str(e)
+        return True
+
+    @classmethod
     def execute(cls, model, preset, sca_weight, ssa_weight, semantic_share, content_share, temperature,
-                gamma, semantics=None, styleid_temperature=1.5):
+                gamma, semantics=None, styleid_temperature=1.5, start=0.0, end=1.0,
+                strength_schedule="constant"):
         family_of(model)  # an unsupported model fails here, not at sampling time
         settings = ApplySettings(
             semantics=semantics,
             params=SCSAParams(preset=preset, sca_weight=sca_weight, ssa_weight=ssa_weight,
                               semantic_share=semantic_share, content_share=content_share,
                               temperature=temperature),
-            styleid=StyleIDParams(gamma=gamma, temperature=styleid_temperature))
+            styleid=StyleIDParams(gamma=gamma, temperature=styleid_temperature),
+            timing=InjectionTiming(start=start, end=end, strength_schedule=strength_schedule))
         # Only the settings go on the clone: SCSAStyleSampler patches self-attention on its own
         # clone, on the blocks the inversion recorded, so any other sampler sees the model as is.
         patched = model.clone()

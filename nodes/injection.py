@@ -22,6 +22,12 @@ in the same batch as the sample (each cond/uncond chunk ends with one row per re
 stream): their rows run plain attention, exactly as in inversion, and step 3 reads their block
 inputs before injecting into the sample rows of the same call.
 
+When injection acts: the sampling loop tells the :class:`InjectRun` each step's index before
+the step (``begin_step``), and the run takes that step's strength from the table SCSAApply's
+timing gives (``scsa_core.schedules.injection_strengths``). At strength 0 (outside the window)
+the run sits the step out: every patch passes through, so the step is exactly an un-injected
+one. Between 0 and 1 the sample rows also run plain attention, and step 3 keeps its share.
+
 SCSAApply's choices reach the sampler as a ModelPatcher attachment (:data:`SETTINGS_KEY`).
 """
 from __future__ import annotations
@@ -37,6 +43,7 @@ from ..scsa_core.block import (SCSAParams, inject, project_references, reference
                                styleid_terms)
 from ..scsa_core.features import FeatureBank
 from ..scsa_core.labels import SemanticLabels
+from ..scsa_core.schedules import InjectionTiming
 from .families import UNetFamily, block_key
 
 RUN_KEY = "scsa_run"
@@ -52,10 +59,12 @@ class StyleIDParams:
 
 @dataclass(frozen=True)
 class ApplySettings:
-    """What SCSAApply chose: semantics (None = StyleID) and the weights of either method."""
+    """What SCSAApply chose: semantics (None = StyleID), the weights of either method, and when
+    injection acts (default: every step at full strength)."""
     semantics: SemanticLabels | None
     params: SCSAParams
     styleid: StyleIDParams
+    timing: InjectionTiming = InjectionTiming()
 
 
 def apply_settings(model_patcher) -> ApplySettings | None:
@@ -119,6 +128,9 @@ class RecordRun:
     def set_step(self, t: int) -> None:
         self.current_t = t
 
+    def acts_on(self, key) -> bool:
+        return key in self.blocks
+
     def attn1(self, patch, q, k, v, extra_options):
         return _plain_attention(q, k, v, extra_options)
 
@@ -150,8 +162,8 @@ class SCSAInjection:
         return reference_terms(layers, refs, project_references(layers, refs), content, style, pairing,
                                heads, self.params)
 
-    def inject(self, layers, block_input, terms, heads):
-        return inject(layers, block_input, terms, heads, self.params)
+    def inject(self, layers, block_input, terms, heads, strength=1.0, plain_projected=None):
+        return inject(layers, block_input, terms, heads, self.params, strength, plain_projected)
 
 
 class StyleIDInjection:
@@ -163,8 +175,9 @@ class StyleIDInjection:
     def terms(self, layers, refs, content_grid, style_grid, heads):
         return styleid_terms(layers, refs)
 
-    def inject(self, layers, block_input, terms, heads):
-        return styleid_inject(layers, block_input, terms, heads, self.params.gamma, self.params.temperature)
+    def inject(self, layers, block_input, terms, heads, strength=1.0, plain_projected=None):
+        return styleid_inject(layers, block_input, terms, heads, self.params.gamma, self.params.temperature,
+                              strength, plain_projected)
 
 
 def injection_for(settings: ApplySettings) -> SCSAInjection | StyleIDInjection:
@@ -179,16 +192,36 @@ class InjectRun:
     sampling batch itself (see the module docstring). Reference terms depend only on
     (t, block): they are computed once and shared by every batch row and by cond/uncond
     passes, then dropped when the step changes.
+
+    ``strengths``: the injection strength of each sampling step, by step index
+    (``InjectionTiming.strengths``); empty: full strength at every step.
     """
     bank: FeatureBank
     blocks: frozenset
     settings: ApplySettings
     inline_streams: tuple = ()
+    strengths: tuple = ()
     current_t: int = -1
+    strength: float = 1.0
     _terms: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.injection = injection_for(self.settings)
+
+    def begin_step(self, index: int) -> None:
+        """The sampling loop is about to run step ``index`` (0-based) of its schedule."""
+        if self.strengths:
+            if not 0 <= index < len(self.strengths):
+                raise IndexError(f"step {index} is outside the {len(self.strengths)} steps this run was made for")
+            self.strength = self.strengths[index]
+
+    @property
+    def injecting(self) -> bool:
+        """False on a step outside the window: it runs plain attention and needs no references."""
+        return self.strength > 0.0
+
+    def acts_on(self, key) -> bool:
+        return self.injecting and key in self.blocks
 
     def set_step(self, t: int) -> None:
         self.current_t = t
@@ -203,6 +236,10 @@ class InjectRun:
         return grid
 
     def attn1(self, patch, q, k, v, extra_options):
+        if self.strength < 1.0:
+            # Every row needs plain attention: the references' rows as always, and the sample
+            # rows keep a share 1 - strength of theirs (the middle patch blends it in).
+            return _plain_attention(q, k, v, extra_options)
         # Sample rows: nothing to compute here, the middle patch replaces their hidden state.
         out = q.new_zeros(q.shape[0], q.shape[1], v.shape[-1])
         for _, rows in chunk_rows(q.shape[0], extra_options, len(self.inline_streams)):
@@ -223,7 +260,10 @@ class InjectRun:
         layers = patch.family.layers(key)
         out = attn_output + block_input  # the reference rows, as ComfyUI computes them
         for samples, _ in chunks:
-            injected = self.injection.inject(layers, block_input[samples], self._terms[key], extra_options["n_heads"])
+            # attn_output holds to_out(plain attention) of the sample rows only when strength < 1
+            plain_projected = None if self.strength == 1.0 else attn_output[samples]
+            injected = self.injection.inject(layers, block_input[samples], self._terms[key], extra_options["n_heads"],
+                                             self.strength, plain_projected)
             out[samples] = injected.to(out.dtype)
         return out
 
@@ -245,7 +285,7 @@ class AttentionPatch:
     def _active(extra_options):
         run = extra_options.get(RUN_KEY)
         key = block_key(extra_options)
-        if run is None or key is None or key not in run.blocks:
+        if run is None or key is None or not run.acts_on(key):
             return None, key
         return run, key
 

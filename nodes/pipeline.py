@@ -10,6 +10,8 @@ these functions too.
   style_sample:  SCSAInversion + apply_settings(model) -> initial_latent
                  -> run_ddim(ddim_sample) with an InjectRun (+ RecordRun for a style of
                     another size under recompute storage) -> latent
+                 each step: ddim_sample's before_step tells the InjectRun its index, which
+                 picks the step's strength from SCSAApply's timing (0: plain attention)
 """
 from __future__ import annotations
 
@@ -197,6 +199,11 @@ def style_sample(model_patcher, inversion: SCSAInversion, init: str = "auto",
     if settings.semantics is not None:
         log_map_sizes(settings.semantics, inversion.latent_shape, inversion.style_shape)
     schedule = sampling_schedule(inversion.steps, timesteps)
+    strengths = settings.timing.strengths(len(schedule.steps))
+    if not settings.timing.is_default:
+        log.info("SCSAStyleSampler: injection on %d of %d steps (start %g, end %g, %s strength)",
+                 sum(s > 0 for s in strengths), len(strengths), settings.timing.start, settings.timing.end,
+                 settings.timing.strength_schedule)
     start = initial_latent(inversion, settings, schedule.start_from, init)
     alphas = alphas_cumprod(model_patcher)
     sampler_model = model_patcher.clone()
@@ -207,17 +214,19 @@ def style_sample(model_patcher, inversion: SCSAInversion, init: str = "auto",
         inline, others = inversion.batches[0], inversion.batches[1:]
         step_bank = FeatureBank(tuple(name for side in others for name in side),
                                 dtype=inversion.bank.dtype, device=inversion.bank.device)
-        run = InjectRun(step_bank, inversion.blocks, settings, inline_streams=inline)
+        run = InjectRun(step_bank, inversion.blocks, settings, inline_streams=inline, strengths=strengths)
         recorders = [(side, RecordRun(step_bank, inversion.blocks, streams=side)) for side in others]
 
         def eps_with_references(eps_fn, x, t):
             step_bank.clear()
+            if not run.injecting:  # a plain step: no references to recompute
+                return eps_fn(x, t)
             for side, recorder in recorders:
                 eps_fn(inversion.latents_at(t, side).to(x), t, recorder)
             return eps_fn(torch.cat([x, inversion.latents_at(t, inline).to(x)]), t)[:x.shape[0]]
         largest_call = 1 + len(inline)
     else:
-        run = InjectRun(inversion.bank, inversion.blocks, settings)
+        run = InjectRun(inversion.bank, inversion.blocks, settings, strengths=strengths)
 
         def eps_with_references(eps_fn, x, t):
             return eps_fn(x, t)
@@ -227,7 +236,8 @@ def style_sample(model_patcher, inversion: SCSAInversion, init: str = "auto",
 
     def loop(eps_fn, _):
         return ddim_sample(lambda x, t: eps_with_references(eps_fn, x, t), start.to(device), schedule, alphas,
-                           on_step=lambda index, t, x, predicted_x0: report(index, predicted_x0))
+                           on_step=lambda index, t, x, predicted_x0: report(index, predicted_x0),
+                           before_step=lambda index, t: run.begin_step(index))
 
     # The shape tells ComfyUI how much memory the largest model call needs.
     shape = (largest_call,) + tuple(inversion.latent_shape[1:])

@@ -15,6 +15,11 @@ the tests and the benchmark. :func:`scsa_block` runs the whole call.
 
 StyleID (no semantics) has the same two halves: :func:`styleid_terms` from the references,
 :func:`styleid_inject` for the current latent.
+
+Injection strength (``scsa_core.schedules.injection_strengths``): at strength ``s`` a share
+``s`` of the block's self-attention output is the injected one and ``1 - s`` the model's own
+(``plain_projected = to_out(softmax(q k^T) v)`` of ``x_t``), so ``s = 1`` is the papers'
+injection, computed exactly as without a schedule, and ``s = 0`` is plain attention.
 """
 from __future__ import annotations
 
@@ -145,18 +150,38 @@ def ssa_output(layers: BlockLayers, x_t: torch.Tensor, terms: ReferenceTerms, he
                                      heads, params.unmatched)
 
 
+def _check_strength(strength: float, plain_projected: torch.Tensor | None) -> None:
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"injection strength must be in [0, 1], got {strength}")
+    if strength != 1.0 and plain_projected is None:
+        raise ValueError(f"injection strength {strength} < 1 keeps a share of the plain attention: "
+                         "pass plain_projected")
+
+
 def fuse(x_t: torch.Tensor, sca_projected: torch.Tensor, ssa_projected: torch.Tensor,
-         params: SCSAParams) -> torch.Tensor:
-    """``x_t + t1 * O1 + t2 * O2``: the block's hidden state after SCSA self-attention."""
-    return x_t + params.sca_weight * sca_projected + params.ssa_weight * ssa_projected
+         params: SCSAParams, strength: float = 1.0,
+         plain_projected: torch.Tensor | None = None) -> torch.Tensor:
+    """The block's hidden state after SCSA self-attention at injection ``strength`` ``s``:
+
+    ``x_t + s t1 O1 + s t2 O2 + (1 - s) O_plain``: the SCA and SSA weights scaled by ``s``, the
+    rest of the attention output left to the model's own (``plain_projected``, needed when
+    ``s < 1``). At ``s = 1`` this is ``x_t + t1 O1 + t2 O2``, computed exactly as the papers'.
+    """
+    _check_strength(strength, plain_projected)
+    if strength == 1.0:
+        return x_t + params.sca_weight * sca_projected + params.ssa_weight * ssa_projected
+    return (x_t + (strength * params.sca_weight) * sca_projected
+            + (strength * params.ssa_weight) * ssa_projected + (1.0 - strength) * plain_projected)
 
 
 def inject(layers: BlockLayers, x_t: torch.Tensor, terms: ReferenceTerms, heads: int,
-           params: SCSAParams) -> torch.Tensor:
-    """The block's hidden state after SCSA self-attention, for block inputs ``x_t`` ``[B, N, C]``."""
+           params: SCSAParams, strength: float = 1.0,
+           plain_projected: torch.Tensor | None = None) -> torch.Tensor:
+    """The block's hidden state after SCSA self-attention, for block inputs ``x_t`` ``[B, N, C]``
+    (``strength`` and ``plain_projected``: see :func:`fuse`)."""
     sca_projected = layers.to_out(terms.sca)
     ssa_projected = layers.to_out(ssa_output(layers, x_t, terms, heads, params))
-    return fuse(x_t, sca_projected, ssa_projected, params)
+    return fuse(x_t, sca_projected, ssa_projected, params, strength, plain_projected)
 
 
 def scsa_block(layers: BlockLayers, x_t: torch.Tensor, refs: ReferenceInputs,
@@ -184,9 +209,18 @@ def styleid_terms(layers: BlockLayers, refs: ReferenceInputs) -> StyleIDTerms:
 
 
 def styleid_inject(layers: BlockLayers, x_t: torch.Tensor, terms: StyleIDTerms, heads: int,
-                   gamma: float, temperature: float) -> torch.Tensor:
-    """The block's hidden state after StyleID self-attention: ``x_t + to_out(attention)``."""
+                   gamma: float, temperature: float, strength: float = 1.0,
+                   plain_projected: torch.Tensor | None = None) -> torch.Tensor:
+    """The block's hidden state after StyleID self-attention at injection ``strength`` ``s``:
+    ``x_t + s to_out(attention) + (1 - s) O_plain`` (``x_t + to_out(attention)`` at ``s = 1``).
+
+    ``gamma`` and ``temperature`` stay as given at every strength: the strength decides how much
+    of StyleID's attention output replaces the model's own, not how StyleID attends.
+    """
+    _check_strength(strength, plain_projected)
     query = layers.to_q(layers.norm1(x_t))
     attention = styleid_attention(query, terms.content_query, terms.style_key, terms.style_value, heads,
                                   gamma, temperature)
-    return x_t + layers.to_out(attention)
+    if strength == 1.0:
+        return x_t + layers.to_out(attention)
+    return x_t + strength * layers.to_out(attention) + (1.0 - strength) * plain_projected

@@ -1,4 +1,5 @@
-"""DDIM schedules and loops for StyleID-style inversion and injection sampling (spec sections 1, 5).
+"""DDIM schedules and loops for StyleID-style inversion and injection sampling (spec sections 1, 5),
+and when injection acts during sampling (:class:`InjectionTiming`).
 
 Everything here works in the DDPM parameterisation ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``
 with integer training timesteps ``t`` in ``[0, 1000)``. A sampler adapter turns a model into
@@ -7,15 +8,19 @@ with integer training timesteps ``t`` in ``[0, 1000)``. A sampler adapter turns 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 __all__ = ["TIMESTEP_MODES", "ddim_timesteps", "inversion_schedule", "SamplingSchedule",
-           "sampling_schedule", "ddim_step", "predict_x0", "ddim_invert", "ddim_sample"]
+           "sampling_schedule", "ddim_step", "predict_x0", "ddim_invert", "ddim_sample",
+           "STRENGTH_SCHEDULES", "strength_factor", "injected_steps", "injection_strengths",
+           "InjectionTiming"]
 
 TIMESTEP_MODES = ("official", "aligned")
+STRENGTH_SCHEDULES = ("constant", "linear", "cosine")
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 
@@ -105,14 +110,19 @@ def ddim_invert(eps_fn: EpsFn, x0: torch.Tensor, schedule: list[tuple[int, int]]
 
 def ddim_sample(eps_fn: EpsFn, x_start: torch.Tensor, schedule: SamplingSchedule,
                 alphas_cumprod: torch.Tensor,
-                on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+                on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+                before_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Deterministic DDIM denoising from ``x_start`` over ``schedule.steps``.
 
-    ``on_step(index, t, x_prev, predicted_x0)`` runs after each step; ``predicted_x0`` is the
-    clean latent the step's ``eps`` implies (what a live preview shows).
+    ``before_step(index, t)`` runs before step ``index`` (0-based) evaluates the model: it tells
+    an injection which step of the schedule comes next. ``on_step(index, t, x_prev,
+    predicted_x0)`` runs after each step; ``predicted_x0`` is the clean latent the step's
+    ``eps`` implies (what a live preview shows).
     """
     x = x_start
     for index, (t, t_prev) in enumerate(schedule.steps):
+        if before_step is not None:
+            before_step(index, t)
         eps = eps_fn(x, t)
         if on_step is not None:
             predicted = predict_x0(x, eps, alphas_cumprod[t])
@@ -120,3 +130,98 @@ def ddim_sample(eps_fn: EpsFn, x_start: torch.Tensor, schedule: SamplingSchedule
         if on_step is not None:
             on_step(index, t, x, predicted)
     return x
+
+
+# ------------------------------------------------------------------ when injection acts
+# A fraction typed in the UI may arrive as 0.5700000000000001: such noise is far below one
+# step, so the window's edges are compared with this slack (in steps) to land on the step meant.
+_EDGE_SLACK = 1e-6
+
+
+def strength_factor(schedule: str, progress: float) -> float:
+    """The factor ``f(p)`` that scales injection at ``progress`` ``p`` in ``[0, 1]`` of the window.
+
+    ``constant``: ``f = 1`` (the papers' injection, every injected step at full strength);
+    ``linear``: ``f = 1 - p``; ``cosine``: ``f = (1 + cos(pi p)) / 2``. Both decays start at 1
+    and reach 0 at ``p = 1``; cosine stays near 1 longer, then falls faster.
+    """
+    if schedule not in STRENGTH_SCHEDULES:
+        raise ValueError(f"strength_schedule must be one of {STRENGTH_SCHEDULES}, got {schedule!r}")
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be in [0, 1], got {progress}")
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - progress
+    return (1.0 + math.cos(math.pi * progress)) / 2.0
+
+
+def _check_window(start: float, end: float) -> None:
+    for name, value in (("start", start), ("end", end)):
+        if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):  # also refuses NaN
+            raise ValueError(f"{name} must be a fraction of the sampling steps between 0 and 1, got {value!r}")
+    if start > end:
+        raise ValueError(f"start ({start}) is after end ({end}): injection acts from start to end, as "
+                         "fractions of the sampling steps. Set start <= end (start = end switches "
+                         "injection off).")
+
+
+def injected_steps(steps: int, start: float = 0.0, end: float = 1.0) -> range:
+    """The indices of the sampling steps that inject, out of ``steps`` (0-based).
+
+    Step ``i`` covers the fraction ``[i / steps, (i + 1) / steps)`` of sampling and injects when
+    it begins inside the window: ``start <= i / steps < end``. So ``start=0, end=1`` is every
+    step, ``start = end`` none, ``end=0.5`` the first half (of 49 steps: steps 0-24), as
+    ControlNet's start/end percent. A window narrower than one step may hold no step at all.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    _check_window(start, end)
+    first = max(0, math.ceil(start * steps - _EDGE_SLACK))
+    stop = min(steps, math.ceil(end * steps - _EDGE_SLACK))
+    return range(first, max(first, stop))
+
+
+def injection_strengths(steps: int, start: float = 0.0, end: float = 1.0,
+                        schedule: str = "constant") -> tuple[float, ...]:
+    """The injection strength ``s_i`` of each of ``steps`` sampling steps.
+
+    Outside :func:`injected_steps` ``s_i = 0``: the step runs plain attention (the model's own,
+    as if nothing were injected). The ``k``-th of the ``m`` injected steps gets
+    ``s = f(k / m)`` with ``f`` from :func:`strength_factor`, so progress runs over the injected
+    steps only: the first injected step is at full strength and a decay would reach 0 at the
+    step after the window, where plain attention takes over. ``constant`` gives exactly 1.0 on
+    every injected step. What a strength does to SCSA and StyleID: ``scsa_core.block``
+    (:func:`~scsa_core.block.fuse`, :func:`~scsa_core.block.styleid_inject`).
+    """
+    if schedule not in STRENGTH_SCHEDULES:
+        raise ValueError(f"strength_schedule must be one of {STRENGTH_SCHEDULES}, got {schedule!r}")
+    window = injected_steps(steps, start, end)
+    strengths = [0.0] * steps
+    for k, index in enumerate(window):
+        strengths[index] = strength_factor(schedule, k / len(window))
+    return tuple(strengths)
+
+
+@dataclass(frozen=True)
+class InjectionTiming:
+    """When injection acts: the window ``[start, end)`` of the sampling steps (fractions) and
+    the strength schedule over it. The defaults inject at full strength on every step, as the
+    papers do; invalid values are refused when the timing is made."""
+    start: float = 0.0
+    end: float = 1.0
+    strength_schedule: str = "constant"
+
+    def __post_init__(self):
+        _check_window(self.start, self.end)
+        if self.strength_schedule not in STRENGTH_SCHEDULES:
+            raise ValueError(f"strength_schedule must be one of {STRENGTH_SCHEDULES}, "
+                             f"got {self.strength_schedule!r}")
+
+    @property
+    def is_default(self) -> bool:
+        return self == InjectionTiming()
+
+    def strengths(self, steps: int) -> tuple[float, ...]:
+        """:func:`injection_strengths` for a run of ``steps`` sampling steps."""
+        return injection_strengths(steps, self.start, self.end, self.strength_schedule)

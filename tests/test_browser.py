@@ -240,3 +240,33 @@ def test_workflow_loads_converts_and_runs_in_the_frontend(page, comfy_server, de
     assert not page.exceptions, page.exceptions[:3]
 
     _screenshot(page, name, tmp_path, ui_file, defs)
+
+
+# SCSAApply's inputs added after workflows were first saved (issue 13: when injection acts).
+ADDED_APPLY_WIDGETS = ("start", "end", "strength_schedule")
+
+
+@pytest.mark.parametrize("name", ["scsa_sd15_color_maps", "styleid_sd15"])
+def test_a_workflow_saved_before_the_timing_inputs_loads_with_their_defaults(page, defs, tiny_checkpoint, name):
+    """A file saved before SCSAApply had start / end / strength_schedule (its widgets_values and
+    inputs end at styleid_temperature) loads without a dialog, shows the new widgets at their
+    defaults, and the frontend makes the same prompt as today's file: the same image."""
+    ui_file, api_file = wi.committed(name)
+    old = wi.for_test_ui(ui_file, defs, tiny_checkpoint.name)
+    defaults = {}
+    for node_id in wf.nodes_of_type(old, "SCSAApply"):
+        node = next(n for n in old["nodes"] if str(n["id"]) == str(node_id))
+        layout = wf.widget_layout(defs["SCSAApply"])
+        assert [w for w, _ in layout[-len(ADDED_APPLY_WIDGETS):]] == list(ADDED_APPLY_WIDGETS)
+        defaults = dict(zip(ADDED_APPLY_WIDGETS, node["widgets_values"][-len(ADDED_APPLY_WIDGETS):]))
+        node["widgets_values"] = node["widgets_values"][:-len(ADDED_APPLY_WIDGETS)]
+        node["inputs"] = [i for i in node["inputs"] if i["name"] not in ADDED_APPLY_WIDGETS]
+    assert defaults == {"start": 0.0, "end": 1.0, "strength_schedule": "constant"}
+
+    assert _load(page, old) == []
+    assert page.evaluate("document.querySelectorAll('.p-dialog').length") == 0
+    shown = page.evaluate("""Object.fromEntries(app.graph._nodes.filter(n => n.type === 'SCSAApply')[0]
+        .widgets.map(w => [w.name, w.value]))""")
+    assert {k: shown[k] for k in ADDED_APPLY_WIDGETS} == defaults
+    prompt = json.loads(page.evaluate("app.graphToPrompt().then(r => JSON.stringify(r.output))"))
+    assert prompt == wi.for_test_api(api_file, tiny_checkpoint.name)
