@@ -18,10 +18,7 @@ from PIL import Image
 
 import feedforward_weights as fw
 
-try:   # the in-process harness (moved from tests/ to scripts/)
-    from scripts.comfy_inprocess import PromptError
-except ImportError:   # pragma: no cover
-    from comfy_fixtures import PromptError
+from scripts.comfy_inprocess import PromptError
 
 SIZE = 48   # content is SIZE x (SIZE * 4 // 3); style is square
 
