@@ -17,17 +17,24 @@ Written (``SIZE`` x ``SIZE`` RGB PNG, in ``workflows/inputs/``):
   scsa_example_content_map.png   its semantic map: one flat colour per region
   scsa_example_style.png         the style: a painting with brush strokes, another composition
   scsa_example_style_map.png     its semantic map, in the same colours (same colour = same region)
+  scsa_example_style2.png        a second style for the several-styles workflows: a pointillist
+                                 sunset (sky, sun, meadow and a lake; no mountains)
+  scsa_example_style2_map.png    its semantic map: it shares sky, sun and meadow with the content,
+                                 lacks the mountains and adds the lake, which the content lacks
 
 The pack copies them into ComfyUI's input folder at start-up (nodes/example_inputs.py), the
 example workflows' Load Image nodes name them, and scripts/run_workflow.py uses them when it is
 given no images.
 
-Adding an image (e.g. a second style whose regions differ in part): give a new region its colour
-in ``REGIONS`` (at least 48 RGB units from every other colour: ``labels_from_color_maps`` merges
-closer ones), teach the painters that region (``PHOTO_REGION_PAINTERS``, ``PAINT_REGION_STYLES``),
-give ``Landscape.labels`` its shape if the landscape needs one, and add an
-``ExampleImage`` with its own ``layout`` to ``EXAMPLES``. Its files are then
-``scsa_example_<name>.png`` and ``scsa_example_<name>_map.png``.
+Adding an image (e.g. a second style whose regions differ in part, like ``style2``): give a new
+region its colour in ``MORE_REGIONS`` (at least 48 RGB units from every other colour:
+``labels_from_color_maps`` merges closer ones; ``REGIONS`` stays the four regions the content and
+the first style share, which the masks workflow builds one mask each for), teach the painters that
+region (``PHOTO_REGION_PAINTERS``, ``PAINT_REGION_STYLES``, ``DOT_REGION_STYLES``: only those that
+paint it), give ``Landscape`` and ``Landscape.labels`` its shape if the landscape needs one, and
+add an ``ExampleImage`` with its own ``layout`` to ``EXAMPLES``. Its files are then
+``scsa_example_<name>.png`` and ``scsa_example_<name>_map.png``. New regions go at the end of
+``REGION_NAMES`` and images without them paint no pixel differently.
 """
 from __future__ import annotations
 
@@ -51,7 +58,13 @@ REGIONS: dict[str, tuple[int, int, int]] = {
     "meadow": (0, 230, 0),
     "sun": (230, 230, 0),
 }
-REGION_NAMES = tuple(REGIONS)
+# Regions only some examples have (style2's lake), after the shared ones: the labels of the four
+# above keep their indices, so the content and the first style paint the same pixels as before.
+MORE_REGIONS: dict[str, tuple[int, int, int]] = {
+    "lake": (0, 230, 230),
+}
+ALL_REGIONS: dict[str, tuple[int, int, int]] = {**REGIONS, **MORE_REGIONS}
+REGION_NAMES = tuple(ALL_REGIONS)
 
 
 def file_name(image: str, is_map: bool = False) -> str:
@@ -157,13 +170,17 @@ class SplitMix64:
 class Landscape:
     """Where the regions of one landscape lie, in pixels of a ``SIZE`` x ``SIZE`` image.
 
-    ridge: the mountains' top edge, a polyline ``((x, y), ...)`` with x from 0 to SIZE;
+    ridge: the mountains' top edge, a polyline ``((x, y), ...)`` with x from 0 to SIZE; None: no
+      mountains;
     meadow: the meadow's top edge, likewise (below the ridge everywhere);
-    sun: ``(centre x, centre y, radius)`` of the sun disc, inside the sky.
+    sun: ``(centre x, centre y, radius)`` of the sun disc, inside the sky;
+    lake: ``(centre x, centre y, half width, half height)`` of a lake, an ellipse inside the
+      meadow; None (default): no lake.
     """
-    ridge: tuple[tuple[int, int], ...]
+    ridge: tuple[tuple[int, int], ...] | None
     meadow: tuple[tuple[int, int], ...]
     sun: tuple[int, int, int]
+    lake: tuple[int, int, int, int] | None = None
 
     def labels(self, size: int = SIZE):
         """int64 ``[size, size]``: index into ``REGION_NAMES`` of every pixel."""
@@ -172,20 +189,24 @@ class Landscape:
         labels = np.full((size, size), REGION_NAMES.index("sky"), dtype=np.int64)
         cx, cy, r = self.sun
         labels[(xs - cx) ** 2 + (ys - cy) ** 2 <= r * r] = REGION_NAMES.index("sun")
-        labels[ys >= polyline(self.ridge, size)[None, :]] = REGION_NAMES.index("mountains")
+        if self.ridge:
+            labels[ys >= polyline(self.ridge, size)[None, :]] = REGION_NAMES.index("mountains")
         labels[ys >= polyline(self.meadow, size)[None, :]] = REGION_NAMES.index("meadow")
+        if self.lake:
+            lx, ly, rx, ry = self.lake
+            labels[((xs - lx) * ry) ** 2 + ((ys - ly) * rx) ** 2 <= (rx * ry) ** 2] = REGION_NAMES.index("lake")
         return labels
 
     def peaks(self) -> list[int]:
         """x of the ridge's tops: points above both neighbours (an end point above its one
         neighbour is a mountain cut by the frame). One more than ``valleys``."""
-        pts = self.ridge
+        pts = self.ridge or ()
         return [x for i, (x, y) in enumerate(pts)
                 if (i == 0 or y < pts[i - 1][1]) and (i == len(pts) - 1 or y < pts[i + 1][1])]
 
     def valleys(self) -> list[int]:
         """x of the ridge's bottoms between two peaks."""
-        pts = self.ridge
+        pts = self.ridge or ()
         return [x for (_, y0), (x, y), (_, y1) in zip(pts, pts[1:], pts[2:]) if y > y0 and y > y1]
 
 
@@ -197,6 +218,12 @@ STYLE_LAYOUT = Landscape(
     ridge=((0, 262), (96, 150), (188, 236), (262, 270), (336, 226), (420, 280), (512, 262)),
     meadow=((0, 354), (120, 346), (250, 372), (380, 350), (512, 340)),
     sun=(396, 96, 54))
+# No mountains; a lake in the meadow below a low sunset sun.
+STYLE2_LAYOUT = Landscape(
+    ridge=None,
+    meadow=((0, 296), (110, 284), (232, 300), (364, 288), (512, 302)),
+    sun=(296, 212, 48),
+    lake=(270, 404, 206, 60))
 
 
 # -------------------------------------------------------------------------------- the photo
@@ -380,6 +407,136 @@ def paint_painting(layout: Landscape, seed: int, size: int = SIZE, strokes: int 
     return np.clip(image + canvas[..., None], 0, 255).astype(np.uint8)
 
 
+# ------------------------------------------------------------------- the pointillist painting
+def gradient(stops: tuple[tuple[int, tuple[int, int, int]], ...], t):
+    """Piecewise-linear colour ramp: ``stops`` ``((t, colour), ...)`` with t ascending; t an integer
+    array (clipped to the stops' range) -> int64 ``[..., 3]``."""
+    np = _np()
+    t = np.clip(np.asarray(t, dtype=np.int64), stops[0][0], stops[-1][0])
+    out = np.zeros(t.shape + (3,), dtype=np.int64)
+    for (t0, c0), (t1, c1) in zip(stops, stops[1:]):
+        segment = (t >= t0) & (t <= t1)
+        out[segment] = mix(c0, c1, (t - t0) * 256 // (t1 - t0), 256)[segment]
+    return out
+
+
+@dataclass(frozen=True)
+class DotStyle:
+    """How one region is dotted: ``base`` (xs, ys, layout) -> int64 ``[..., 3]`` gives the colour
+    at each dot's centre, and each dot mixes in up to ``accent_max`` / 256 of one of the pure
+    ``accents`` (divisionism: the eye blends the neighbouring dots). ``stretch``: a dot is
+    ``stretch`` times wider than high (1: round, more: a horizontal dash)."""
+    base: Callable
+    accents: tuple[tuple[int, int, int], ...]
+    accent_max: int
+    stretch: int
+
+
+SUNSET_SKY = ((0, (62, 34, 112)), (110, (178, 58, 124)), (200, (240, 112, 66)), (290, (255, 196, 98)))
+
+
+def _sun_glow(xs, ys, layout: Landscape, reach_radii: int, strength: int):
+    """0..strength, falling off quadratically over ``reach_radii`` sun radii around the sun."""
+    np = _np()
+    cx, cy, r = layout.sun
+    reach = (reach_radii * r) ** 2
+    return np.clip(reach - ((xs - cx) ** 2 + (ys - cy) ** 2), 0, None) * strength // reach
+
+
+def _dot_sky(xs, ys, layout: Landscape):
+    return mix(gradient(SUNSET_SKY, ys), (255, 226, 150), _sun_glow(xs, ys, layout, 4, 200), 256)
+
+
+def _dot_sun(xs, ys, layout: Landscape):
+    cx, cy, r = layout.sun
+    return mix((255, 250, 222), (255, 178, 70), ((xs - cx) ** 2 + (ys - cy) ** 2) * 256 // (r * r), 256)
+
+
+def _dot_meadow(xs, ys, layout: Landscape):
+    """Hazy mauve at the far edge, olive, then deep green in front; lit warm towards the sun."""
+    np = _np()
+    top = int(min(y for _, y in layout.meadow))
+    near = ((0, (168, 104, 112)), (40, (132, 118, 54)), (140, (84, 104, 36)), (SIZE - top, (40, 66, 34)))
+    colour = gradient(near, ys - top)
+    lit = np.clip(256 - np.abs(xs - layout.sun[0]) * 256 // 300, 0, 256) * np.clip(120 - (ys - top), 0, 120) // 120
+    return mix(colour, (236, 150, 60), lit * 3 // 4, 256)
+
+
+def _dot_lake(xs, ys, layout: Landscape):
+    """The sky mirrored and darkened, with the sun's glitter path running down the water."""
+    np = _np()
+    top = int(min(y for _, y in layout.meadow))
+    mirrored = gradient(SUNSET_SKY, np.clip(2 * top - ys, 0, None) * 3 // 4 + 60)
+    water = mix(mirrored, (40, 44, 104), 80, 256)
+    cx, _, r = layout.sun
+    half_width = r // 2 + (ys - top) // 3                 # the path widens towards the viewer
+    path = np.clip(256 - np.abs(xs - cx) * 256 // np.maximum(half_width, 1), 0, 256)
+    return mix(water, (255, 214, 120), path * 7 // 8, 256)
+
+
+DOT_REGION_STYLES: dict[str, DotStyle] = {
+    "sky": DotStyle(_dot_sky, ((255, 160, 196), (110, 62, 176), (255, 224, 120), (236, 84, 60)), 110, 1),
+    "sun": DotStyle(_dot_sun, ((255, 255, 255), (255, 160, 40), (255, 232, 90)), 90, 1),
+    "meadow": DotStyle(_dot_meadow, ((228, 120, 36), (112, 58, 140), (176, 190, 56), (38, 112, 96)), 120, 1),
+    "lake": DotStyle(_dot_lake, ((36, 128, 150), (104, 60, 160), (255, 196, 84), (214, 82, 120)), 120, 3),
+}
+
+
+def _dot_layer(image, labels, layout: Landscape, seed: int, cell: int, radius: tuple[int, int]):
+    """One layer of dots on ``image`` (int64 ``[H, W, 3]``, changed in place): one dot per
+    ``cell`` x ``cell`` cell, its centre, radius (in ``radius``), stacking order and colour from
+    a hash of the cell. Every pixel takes the topmost dot covering it, in the colour of the pixel's
+    own region, so the map stays exact. Vectorised: each pixel looks at the nearby cells' dots."""
+    np = _np()
+    size = labels.shape[0]
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.int64)
+    stretch = np.array([DOT_REGION_STYLES[n].stretch if n in DOT_REGION_STYLES else 1 for n in REGION_NAMES],
+                       dtype=np.int64)[labels]
+    reach_x = -(-radius[1] * int(stretch.max()) // cell)      # cells a dot may reach sideways
+    reach_y = -(-radius[1] // cell)
+    top = np.full((size, size), -1, dtype=np.int64)
+    dot_x, dot_y, dot_hash = (np.zeros((size, size), dtype=np.int64) for _ in range(3))
+    for oy in range(-reach_y, reach_y + 1):
+        for ox in range(-reach_x, reach_x + 1):
+            gx, gy = xs // cell + ox, ys // cell + oy
+            h = hash2(gx + 64, gy + 64, seed).astype(np.int64)          # cells >= 0 before the cast
+            px = gx * cell + (h & 255) * cell // 256
+            py = gy * cell + ((h >> 8) & 255) * cell // 256
+            r = radius[0] + (h >> 16) % (radius[1] - radius[0] + 1)
+            dx, dy = xs - px, ys - py
+            inside = dx * dx + (dy * stretch) ** 2 <= (r * stretch) ** 2
+            order = (h >> 20) & 4095
+            take = inside & (order > top)
+            top = np.where(take, order, top)
+            dot_x, dot_y, dot_hash = np.where(take, px, dot_x), np.where(take, py, dot_y), np.where(take, h, dot_hash)
+    covered = top >= 0
+    for index, name in enumerate(REGION_NAMES):
+        inside = covered & (labels == index)
+        if not inside.any():
+            continue
+        style = DOT_REGION_STYLES[name]
+        accents = np.array(style.accents, dtype=np.int64)[dot_hash % len(style.accents)]
+        colour = mix(style.base(dot_x, dot_y, layout), accents, (dot_hash >> 3) % (style.accent_max + 1), 256)
+        colour = colour + ((dot_hash >> 10) % 29 - 14)[..., None]                  # a lighter or darker dab
+        # a touch of relief: the dab's upper left catches the light, its lower right is in shadow
+        light = np.where((xs - dot_x) * 1 + (ys - dot_y) * stretch < 0, 10, -10)
+        image[inside] = (colour + light[..., None])[inside]
+
+
+def paint_pointillist(layout: Landscape, seed: int, size: int = SIZE):
+    """A pointillist painting of ``layout`` (after Seurat and Signac, at sunset): uint8
+    ``[size, size, 3]``. A warm primed canvas, a layer of larger dots, then one of smaller dots
+    over it; some canvas shows between them."""
+    np = _np()
+    labels = layout.labels(size)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.int64)
+    image = np.zeros((size, size, 3), dtype=np.int64) + np.array([236, 216, 184], dtype=np.int64)
+    _dot_layer(image, labels, layout, seed, cell=7, radius=(3, 5))
+    _dot_layer(image, labels, layout, seed + 1, cell=6, radius=(2, 3))
+    canvas = np.where((xs % 4 == 0) | (ys % 4 == 0), -5, 0)     # a coarser weave than the first style's
+    return np.clip(image + canvas[..., None], 0, 255).astype(np.uint8)
+
+
 # ---------------------------------------------------------------------------- the examples
 @dataclass(frozen=True)
 class ExampleImage:
@@ -392,7 +549,7 @@ class ExampleImage:
     def semantic_map(self, size: int = SIZE):
         """uint8 ``[size, size, 3]``: every pixel in its region's flat colour."""
         np = _np()
-        palette = np.array([REGIONS[name] for name in REGION_NAMES], dtype=np.uint8)
+        palette = np.array([ALL_REGIONS[name] for name in REGION_NAMES], dtype=np.uint8)
         return palette[self.layout.labels(size)]
 
     def image(self, size: int = SIZE):
@@ -402,7 +559,10 @@ class ExampleImage:
 EXAMPLES: dict[str, ExampleImage] = {
     "content": ExampleImage("content", CONTENT_LAYOUT, paint_photo, seed=1),
     "style": ExampleImage("style", STYLE_LAYOUT, paint_painting, seed=2),
+    "style2": ExampleImage("style2", STYLE2_LAYOUT, paint_pointillist, seed=3),
 }
+# Every file written, image then map, in EXAMPLES' order.
+EXAMPLE_FILES: tuple[str, ...] = tuple(file_name(name, is_map) for name in EXAMPLES for is_map in (False, True))
 
 
 def render(size: int = SIZE) -> dict[str, "object"]:
