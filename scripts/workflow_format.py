@@ -16,6 +16,8 @@ node out from its definition like this:
   - a COMBO with ``image_upload`` is followed by the upload button, saved as the value "image".
   Every widget's value is saved in ``widgets_values`` in that order, extras included; the API
   prompt gets the real inputs only.
+  A file saved before optional widgets were appended to a node has fewer values: the frontend
+  (and ``ui_to_api``) gives the missing trailing widgets their defaults.
 
 Only the standard library is used (the runner imports this without ComfyUI).
 
@@ -347,21 +349,62 @@ def is_ui_workflow(data) -> bool:
     return isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data
 
 
+def _layout_names(layout) -> list[str]:
+    return [n if k == "value" else f"{n} ({k})" for n, k in layout]
+
+
+def _positional_values(node: dict, definition: dict) -> list:
+    """A UI node's positional ``widgets_values``, completed like the frontend loads it: when the
+    list stops short of this version's widget layout (a workflow saved before optional widgets
+    were appended to the node), the missing trailing widgets get their defaults. Refused (a
+    WorkflowError naming the node) when there are more values than widgets, when a missing widget
+    belongs to a required input or to an optional one without a default (an explicit ``default``;
+    a combo's first option), or when the saved node's ``inputs`` list one of the missing widgets
+    (a new frontend saves one input per widget: values were dropped or shifted, not appended
+    later). A missing "control after generate" or upload entry of a widget whose value is there
+    is filled too ("fixed", "image"): neither reaches the API prompt."""
+    raw = list(node.get("widgets_values") or [])
+    layout = widget_layout(definition)
+    head = (f"node {node.get('id')} ({node.get('type')}): the workflow has {len(raw)} widget values "
+            f"{raw!r}, but this version of the node has {len(layout)} widgets {_layout_names(layout)}")
+    tail = ". The node's inputs changed since the workflow was saved: recreate the node, or update the node pack."
+    if len(raw) > len(layout):
+        raise WorkflowError(head + tail)
+    if len(raw) == len(layout):
+        return raw
+    inputs = {i.name: i for i in input_defs(definition)}
+    missing = [name for name, kind in layout[len(raw):] if kind == "value"]
+    required = [name for name in missing if not inputs[name].optional]
+    if required:
+        raise WorkflowError(f"{head}; the values of {missing} are missing and {required} "
+                            f"{'is' if len(required) == 1 else 'are'} required (only optional widgets "
+                            f"missing at the end are filled with their defaults){tail}")
+    no_default = [name for name in missing if "default" not in inputs[name].options
+                  and not (inputs[name].type == "COMBO" and inputs[name].choices)]
+    if no_default:
+        raise WorkflowError(f"{head}; the missing optional {no_default} "
+                            f"{'has' if len(no_default) == 1 else 'have'} no default to fill in{tail}")
+    saved = [i.get("name") for i in node.get("inputs") or [] if isinstance(i, dict) and i.get("widget")]
+    listed = [name for name in missing if name in saved]
+    if listed:
+        raise WorkflowError(f"{head}; the node's saved inputs list the widget(s) {listed}, which have "
+                            f"no value (values dropped or shifted?){tail}")
+    for name, kind in layout[len(raw):]:
+        raw.append(inputs[name].default if kind == "value" else "fixed" if kind == "control" else UPLOAD_VALUE)
+    return raw
+
+
 def _widget_values(node: dict, definition: dict) -> dict:
-    """input name -> value from a UI node's ``widgets_values`` (positional, or a dict)."""
+    """input name -> value from a UI node's ``widgets_values`` (positional, or a dict);
+    optional widgets missing at the end of a positional list get their defaults."""
     raw = node.get("widgets_values")
     if raw is None:
         return {}
     if isinstance(raw, dict):
         return dict(raw)
     layout = widget_layout(definition)
-    if len(raw) != len(layout):
-        raise WorkflowError(
-            f"node {node.get('id')} ({node.get('type')}): the workflow has {len(raw)} widget values "
-            f"{raw!r}, but this version of the node has {len(layout)} widgets "
-            f"{[n if k == 'value' else f'{n} ({k})' for n, k in layout]}. The node's inputs changed "
-            "since the workflow was saved: recreate the node, or update the node pack.")
-    return {name: value for (name, kind), value in zip(layout, raw) if kind == "value"}
+    return {name: value for (name, kind), value in zip(layout, _positional_values(node, definition))
+            if kind == "value"}
 
 
 def ui_to_api(ui: dict, defs: dict) -> dict:
@@ -443,6 +486,8 @@ def set_widget(ui: dict, defs: dict, node_id, name: str, value) -> None:
                 if isinstance(node.get("widgets_values"), dict):
                     node["widgets_values"][name] = value
                 else:
+                    if len(node.get("widgets_values") or []) < len(layout):   # saved before widgets were added
+                        node["widgets_values"] = _positional_values(node, node_def(defs, node["type"]))
                     node["widgets_values"][index] = value
                 return
         raise WorkflowError(f"node {node_id} ({node['type']}) has no widget {name!r}")

@@ -1,6 +1,7 @@
 """scripts/run_workflow.py (the headless runner) and the UI -> API converter behind it."""
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -174,15 +175,115 @@ def test_converter_handles_notes_bypass_mute_reroute_and_primitives():
     assert set(api) == {"1", "2", "3"}
 
 
+# Noise as a later version of the node pack would define it: optional widgets appended, one
+# followed by its "control after generate" widget, one by an upload button.
+GROWN = {**DEFS, "Noise": {**DEFS["Noise"], "input": {
+    "required": DEFS["Noise"]["input"]["required"],
+    "optional": {**DEFS["Noise"]["input"]["optional"],
+                 "jitter": ["INT", {"default": 3, "control_after_generate": True}],
+                 "overlay": [["a.png", "b.png"], {"image_upload": True}],
+                 "label": ["STRING", {"default": "new"}]}},
+    "input_order": {"required": ["seed", "mode", "image"], "optional": ["strength", "jitter", "overlay", "label"]}}}
+
+
+def test_converter_fills_optional_widgets_missing_at_the_end():
+    """A file saved before optional widgets were appended to a node converts like the frontend
+    loads it: the missing trailing widgets take their defaults."""
+    assert wf.widget_layout(GROWN["Noise"])[4:] == [("jitter", "value"), ("jitter", "control"),
+                                                    ("overlay", "value"), ("overlay", "upload"), ("label", "value")]
+    today = wf.ui_to_api(_graph(), DEFS)
+    ui = _graph()
+    ui["nodes"][1]["widgets_values"] = [7, "fixed", "y"]   # saved before "strength" existed
+    ui["nodes"][1]["inputs"] = [i for i in ui["nodes"][1]["inputs"] if i["name"] != "strength"]
+    assert wf.ui_to_api(ui, DEFS) == today
+    assert today["2"]["inputs"]["strength"] == 0.5   # Noise's default
+
+    grown = {"seed": 7, "mode": "y", "image": ["1", 0], "strength": 0.5, "jitter": 3, "overlay": "a.png",
+             "label": "new"}
+    for saved in ([7, "fixed", "y"], [7, "fixed", "y", 0.5], [7, "fixed", "y", 0.5, 3],   # the last: no control
+                  [7, "fixed", "y", 0.5, 3, "randomize", "a.png"]):                     # no upload button
+        ui["nodes"][1]["widgets_values"] = list(saved)
+        assert wf.ui_to_api(ui, GROWN)["2"]["inputs"] == grown, saved
+    ui["nodes"][1]["widgets_values"] = [7, "fixed", "x", 0.25]
+    assert wf.ui_to_api(ui, GROWN)["2"]["inputs"] == {**grown, "mode": "x", "strength": 0.25}
+    # set_widget completes the list first, as the frontend would save it after loading
+    wf.set_widget(ui, GROWN, 2, "label", "mine")
+    assert ui["nodes"][1]["widgets_values"] == [7, "fixed", "x", 0.25, 3, "fixed", "a.png", "image", "mine"]
+
+
 def test_converter_names_the_node_when_widgets_do_not_fit():
     ui = _graph()
-    ui["nodes"][1]["widgets_values"] = [7, "fixed", "y"]  # saved before "strength" existed
-    with pytest.raises(wf.WorkflowError, match=r"node 2 \(Noise\).*3 widget values.*inputs changed"):
+    ui["nodes"][1]["widgets_values"] = [7, "fixed"]   # "mode" is required: no default is guessed
+    with pytest.raises(wf.WorkflowError, match=r"node 2 \(Noise\).*2 widget values.*\['mode', 'strength'\] "
+                                               r"are missing and \['mode'\] is required.*inputs changed"):
         wf.ui_to_api(ui, DEFS)
+    ui["nodes"][1]["widgets_values"] = [7, "fixed", "y", 0.5, 1.0]   # more values than widgets
+    with pytest.raises(wf.WorkflowError, match=r"node 2 \(Noise\).*5 widget values.*has 4 widgets.*inputs changed"):
+        wf.ui_to_api(ui, DEFS)
+    ui["nodes"][1]["widgets_values"] = [7, "fixed", "y"]   # the saved inputs still list "strength"
+    with pytest.raises(wf.WorkflowError, match=r"node 2 \(Noise\).*saved inputs list the widget\(s\) \['strength'\]"):
+        wf.ui_to_api(ui, DEFS)
+    no_default = {**DEFS, "Noise": {**DEFS["Noise"], "input": {**DEFS["Noise"]["input"],
+                                                               "optional": {"strength": ["FLOAT", {}]}}}}
+    ui["nodes"][1]["inputs"] = [i for i in ui["nodes"][1]["inputs"] if i["name"] != "strength"]
+    with pytest.raises(wf.WorkflowError, match=r"node 2 \(Noise\).*optional \['strength'\] has no default"):
+        wf.ui_to_api(ui, no_default)
     ui["nodes"][1]["widgets_values"] = {"seed": 7, "mode": "x", "strength": 0.25}   # by name
     assert wf.ui_to_api(ui, DEFS)["2"]["inputs"] == {"seed": 7, "mode": "x", "image": ["1", 0], "strength": 0.25}
     with pytest.raises(wf.WorkflowError, match="not installed"):
         wf.ui_to_api({"nodes": [{"id": 1, "type": "Gone", "mode": 0}], "links": []}, DEFS)
+
+
+# SCSAApply's inputs added after workflows were first saved (issue 13: when injection acts).
+ADDED_APPLY_WIDGETS = ("start", "end", "strength_schedule")
+APPLY_WORKFLOWS = [n for n in wi.WORKFLOWS if wf.nodes_of_type(wi.committed(n)[0], "SCSAApply")]
+
+
+@pytest.fixture(scope="module")
+def defs(comfy_server) -> dict:
+    return comfy_server.get_json("/object_info")
+
+
+@pytest.mark.parametrize("name", APPLY_WORKFLOWS)
+def test_a_workflow_saved_before_the_timing_inputs_converts_with_their_defaults(defs, name):
+    """The runner takes a file saved before SCSAApply had start / end / strength_schedule (its
+    widgets_values and inputs end at styleid_temperature), as the frontend does
+    (test_browser.py): the new widgets get their defaults, the prompt is today's file's."""
+    ui, _ = wi.committed(name)
+    layout = wf.widget_layout(defs["SCSAApply"])
+    assert [w for w, _ in layout[-len(ADDED_APPLY_WIDGETS):]] == list(ADDED_APPLY_WIDGETS)
+    defaults = {i.name: i.default for i in wf.input_defs(defs["SCSAApply"]) if i.name in ADDED_APPLY_WIDGETS}
+    assert defaults == {"start": 0.0, "end": 1.0, "strength_schedule": "constant"}
+
+    old = _drop_apply_widgets(ui, defs, len(ADDED_APPLY_WIDGETS))
+    apply_ids = wf.nodes_of_type(old, "SCSAApply")
+    assert apply_ids and all(len(n["widgets_values"]) == len(layout) - len(ADDED_APPLY_WIDGETS)
+                             for n in old["nodes"] if n["type"] == "SCSAApply")
+    prompt = wf.ui_to_api(old, defs)
+    for node_id in apply_ids:
+        assert {k: prompt[node_id]["inputs"][k] for k in ADDED_APPLY_WIDGETS} == defaults
+    assert prompt == wf.ui_to_api(ui, defs)
+
+    # one more widget dropped: gamma, a required input, is missing too -> refused, naming it
+    required = [n for n, _ in layout[-len(ADDED_APPLY_WIDGETS) - 2:-len(ADDED_APPLY_WIDGETS) - 1]]
+    assert required == ["gamma"] and not {i.name: i for i in wf.input_defs(defs["SCSAApply"])}["gamma"].optional
+    too_old = _drop_apply_widgets(ui, defs, len(ADDED_APPLY_WIDGETS) + 2)
+    with pytest.raises(wf.WorkflowError, match=rf"node {apply_ids[0]} \(SCSAApply\).*\['gamma', "
+                                               r"'styleid_temperature', 'start', 'end', 'strength_schedule'\] "
+                                               r"are missing and \['gamma'\] is required"):
+        wf.ui_to_api(too_old, defs)
+
+
+def _drop_apply_widgets(ui: dict, defs: dict, drop: int) -> dict:
+    """The file as it was saved before SCSAApply's last ``drop`` widgets existed (values and the
+    widgets' entries in the node's inputs removed)."""
+    old = copy.deepcopy(ui)
+    dropped = {n for n, _ in wf.widget_layout(defs["SCSAApply"])[-drop:]}
+    for node in old["nodes"]:
+        if node["type"] == "SCSAApply":
+            node["widgets_values"] = node["widgets_values"][:-drop]
+            node["inputs"] = [i for i in node["inputs"] if not (i.get("widget") and i["name"] in dropped)]
+    return old
 
 
 def test_generator_refuses_bad_graphs():
