@@ -15,6 +15,7 @@ async def comfy_entrypoint():
     from .nodes.feedforward import NODES as FEEDFORWARD_NODES
     from .nodes.mask_nodes import NODES as MASK_NODES
     from .nodes.semantic_nodes import NODES as SEMANTIC_NODES
+    from .nodes.style_library_nodes import NODES as STYLE_LIBRARY_NODES
 
     class SCSAExtension(ComfyExtension):
         loaded = False
@@ -33,6 +34,6 @@ async def comfy_entrypoint():
 
         async def get_node_list(self):
             await self.on_load()
-            return SEMANTIC_NODES + MASK_NODES + DIFFUSION_NODES + FEEDFORWARD_NODES
+            return SEMANTIC_NODES + MASK_NODES + DIFFUSION_NODES + STYLE_LIBRARY_NODES + FEEDFORWARD_NODES
 
     return SCSAExtension()

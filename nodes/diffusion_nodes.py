@@ -17,7 +17,10 @@ from ..scsa_core.block import PRESETS, SCSAParams
 from ..scsa_core.schedules import STRENGTH_SCHEDULES, TIMESTEP_MODES, InjectionTiming
 from .families import family_of
 from .injection import SETTINGS_KEY, ApplySettings, StyleIDParams
+from ..scsa_core.features import MAP_OF, STREAMS, STYLE_IMAGES
+from ..scsa_core.labels import MAX_STYLES
 from .pipeline import INIT_MODES, STORAGE_MODES, invert, style_sample
+from .style_reuse import MISSING_MAP_KEY, saved_style_of
 from .semantic_nodes import CATEGORY, Semantics
 
 Inversion = io.Custom("SCSA_INVERSION")
@@ -26,6 +29,8 @@ Inversion = io.Custom("SCSA_INVERSION")
 def _latent(latent: dict | None, name: str) -> torch.Tensor | None:
     if latent is None:
         return None
+    if MISSING_MAP_KEY in latent:
+        raise ValueError(f"{name}: {latent[MISSING_MAP_KEY]}")
     samples = latent["samples"]
     if samples.dim() != 4:
         raise ValueError(f"{name}: expected an image latent [batch, channels, height, width], got {tuple(samples.shape)}")
@@ -40,16 +45,19 @@ class SCSAInvert(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCSAInvert", display_name="Invert Content & Style (SCSA)", category=CATEGORY,
-            description="DDIM-inverts the content, style and semantic-map latents in one batch (two when "
-                        "content and style differ in size) and records "
-                        "the self-attention features that SCSAStyleSampler injects. Connect the model "
-                        "straight from Load Checkpoint (not from SCSAApply), so tweaking SCSAApply or the "
-                        "sampler re-runs sampling only.",
+            description="DDIM-inverts the content, style and semantic-map latents (one batch per image "
+                        "size) and records the self-attention features that SCSAStyleSampler injects. Up to "
+                        "four style images (style_2 .. style_4, each with its map). A style inverted before "
+                        "with the same model and settings (a new content with the same style, or a style from "
+                        "Load Style Inversion) is not inverted again. Connect the model straight from Load "
+                        "Checkpoint (not from SCSAApply), so tweaking SCSAApply or the sampler re-runs "
+                        "sampling only.",
             inputs=[
                 io.Model.Input("model", tooltip="The unpatched model (from Load Checkpoint / LoRA loaders)."),
                 io.Conditioning.Input("conditioning", tooltip="The empty prompt: CLIP Text Encode with no text."),
                 io.Latent.Input("content", tooltip="VAE-encoded content image."),
-                io.Latent.Input("style", tooltip="VAE-encoded style image (any size; its map must match it)."),
+                io.Latent.Input("style", tooltip="VAE-encoded style image (any size; its map must match it), "
+                                                 "or the style output of Load Style Inversion (SCSA)."),
                 io.Latent.Input("content_map", optional=True,
                                 tooltip="VAE-encoded content semantic map (the colour map image). Needed for SCSA."),
                 io.Latent.Input("style_map", optional=True,
@@ -66,19 +74,34 @@ class SCSAInvert(io.ComfyNode):
                                        "sampling, in the same batch (the whole run takes about 1.6x longer). "
                                        "auto: memory if it fits easily, else offload, else recompute. All give "
                                        "the same image."),
+                # Appended, optional: saved workflows keep their inputs and their image.
+                *[input_ for number in range(2, MAX_STYLES + 1) for input_ in (
+                    io.Latent.Input(f"style_{number}", optional=True,
+                                    tooltip=f"Style image {number} (VAE-encoded), for several styles by region: "
+                                            "a content region takes its style from every style image whose "
+                                            "map has that region's colour. Give SCSASemanticPair its map as "
+                                            f"style_map_{number}."),
+                    io.Latent.Input(f"style_map_{number}", optional=True,
+                                    tooltip=f"VAE-encoded semantic map of style image {number}."))],
             ],
             outputs=[Inversion.Output("inversion", display_name="inversion")],
         )
 
     @classmethod
     def execute(cls, model, conditioning, content, style, steps, blocks, content_map=None, style_map=None,
-                storage="auto"):
-        latents = {"content": _latent(content, "content"), "style": _latent(style, "style"),
-                   "content_map": _latent(content_map, "content_map"),
-                   "style_map": _latent(style_map, "style_map")}
+                storage="auto", **more_styles):
+        given = {"content": content, "style": style, "content_map": content_map, "style_map": style_map,
+                 **more_styles}
+        latents = {name: _latent(given.get(name), name) for name in STREAMS}
         if (latents["content_map"] is None) != (latents["style_map"] is None):
             raise ValueError("content_map / style_map: connect both semantic map latents, or neither (StyleID).")
-        return io.NodeOutput(invert(model, conditioning, latents, steps, blocks, storage))
+        for number in range(2, MAX_STYLES):
+            if latents[f"style_{number}"] is None and latents[f"style_{number + 1}"] is not None:
+                raise ValueError(f"style_{number + 1}: connected while style_{number} is not. Connect the "
+                                 "style images in order (style, style_2, style_3, style_4).")
+        saved = {name: attached for name in STYLE_IMAGES
+                 if (attached := saved_style_of(given.get(name), latents[name], latents[MAP_OF[name]], name))}
+        return io.NodeOutput(invert(model, conditioning, latents, steps, blocks, storage, saved_styles=saved))
 
 
 class SCSAApply(io.ComfyNode):

@@ -221,6 +221,10 @@ def _check_model(model, variant: str, other: str) -> FeedForwardModel:
 def run_stylize(model: FeedForwardModel, content, style, semantics, preset: str, weights: SCSAWeights,
                 size: int, output_size: str):
     """Place the model with ComfyUI's memory management, run, report progress, honour Cancel."""
+    if semantics is not None and semantics.num_styles > 1:
+        raise ValueError(f"semantics: has {semantics.num_styles} style maps; the feed-forward networks take one "
+                         "style image. Give SCSASemanticPair only the map of the style image connected here "
+                         "(several styles by region work with SCSAInvert / SCSAStyleSampler).")
     network = model.patcher.model
     multiple = network.size_multiple
     pixels = sum(h * w for h, w in (working_size(content.shape[1], content.shape[2], size, multiple, preset),

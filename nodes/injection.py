@@ -41,7 +41,7 @@ from comfy.ldm.modules.attention import optimized_attention
 from ..scsa_core.attention import pair_labels
 from ..scsa_core.block import (SCSAParams, inject, project_references, reference_terms, styleid_inject,
                                styleid_terms)
-from ..scsa_core.features import FeatureBank
+from ..scsa_core.features import STYLE_IMAGES, FeatureBank
 from ..scsa_core.labels import SemanticLabels
 from ..scsa_core.schedules import InjectionTiming
 from .families import UNetFamily, block_key
@@ -73,18 +73,23 @@ def apply_settings(model_patcher) -> ApplySettings | None:
 
 
 def grid_labels(semantics: SemanticLabels, params: SCSAParams, height: int, width: int,
-                style_size: tuple[int, int] | None = None):
-    """Content labels at an ``height x width`` grid and style labels at ``style_size`` (default:
-    the same grid), resampled as the preset says.
+                style_grids=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Content labels ``int64 [height, width]`` and the labels of every style's tokens at its
+    grid, side by side as the keys are (``int64 [sum h_s * w_s]``); ``style_grids``: one
+    ``(h, w)`` per style image (default: the content grid for each).
 
     ``official`` resizes the colour maps bilinearly and snaps to the palette (the official
     code's downsampling); ``default`` takes the majority label of each cell.
     """
     mode = "official" if params.preset == "official" else "majority"
-    content, style = semantics.labels_at(height, width, mode)
-    if style_size is not None and tuple(style_size) != (height, width):
-        style = semantics.labels_at(int(style_size[0]), int(style_size[1]), mode)[1]
-    return content, style
+    grids = list(style_grids) if style_grids is not None else [(height, width)] * semantics.num_styles
+    if len(grids) != semantics.num_styles:
+        raise ValueError(f"semantics: the semantic pair has {semantics.num_styles} style map(s) but the inversion "
+                         f"has {len(grids)} style image(s). Give SCSASemanticPair one style map per style "
+                         "image connected to SCSAInvert, in the same order.")
+    content = semantics.content_labels_at(height, width, mode)
+    styles = [semantics.style_labels_at(index, int(h), int(w), mode).flatten() for index, (h, w) in enumerate(grids)]
+    return content, styles[0] if len(styles) == 1 else torch.cat(styles)
 
 
 def _plain_attention(q, k, v, extra_options):
@@ -148,17 +153,18 @@ class SCSAInjection:
         self.semantics, self.params = settings.semantics, settings.params
         self._labels: dict = {}
 
-    def _labels_at(self, content_grid: tuple[int, int], style_grid: tuple[int, int], device):
-        """Content labels ``int64 [h*w]``, style labels and their pairing, per grid pair (cached)."""
-        cache_key = tuple(content_grid) + tuple(style_grid)
+    def _labels_at(self, content_grid: tuple[int, int], style_grids: tuple, device):
+        """Content labels ``int64 [h*w]``, style labels (every style's, side by side) and their
+        pairing, per grid set (cached)."""
+        cache_key = (tuple(content_grid), tuple(style_grids))
         if cache_key not in self._labels:
-            content, style = grid_labels(self.semantics, self.params, *content_grid, style_grid)
-            content, style = content.flatten().to(device), style.flatten().to(device)
+            content, style = grid_labels(self.semantics, self.params, *content_grid, style_grids)
+            content, style = content.flatten().to(device), style.to(device)
             self._labels[cache_key] = (content, style, pair_labels(content, style))
         return self._labels[cache_key]
 
-    def terms(self, layers, refs, content_grid, style_grid, heads):
-        content, style, pairing = self._labels_at(content_grid, style_grid, refs.content.device)
+    def terms(self, layers, refs, content_grid, style_grids, heads):
+        content, style, pairing = self._labels_at(content_grid, style_grids, refs.content.device)
         return reference_terms(layers, refs, project_references(layers, refs), content, style, pairing,
                                heads, self.params)
 
@@ -172,7 +178,7 @@ class StyleIDInjection:
     def __init__(self, settings: ApplySettings):
         self.params = settings.styleid
 
-    def terms(self, layers, refs, content_grid, style_grid, heads):
+    def terms(self, layers, refs, content_grid, style_grids, heads):
         return styleid_terms(layers, refs)
 
     def inject(self, layers, block_input, terms, heads, strength=1.0, plain_projected=None):
@@ -227,13 +233,20 @@ class InjectRun:
         self.current_t = t
         self._terms.clear()
 
-    def style_grid(self, key, content_grid: tuple[int, int], style_tokens: int) -> tuple[int, int]:
-        """The style's token grid at ``key``: as recorded, else the content grid."""
-        grid = self.bank.grid(key, "style") or tuple(content_grid)
-        if grid[0] * grid[1] != style_tokens:
+    @property
+    def style_streams(self) -> list[str]:
+        """The style images' streams, in style order (bank or batch)."""
+        held = set(self.bank.streams) | set(self.inline_streams)
+        return [name for name in STYLE_IMAGES if name in held]
+
+    def style_grids(self, key, content_grid: tuple[int, int], style_tokens: int) -> tuple:
+        """Each style's token grid at ``key``: as recorded, else the content grid (a style that
+        rides in the sampling batch has the content's size)."""
+        grids = tuple(self.bank.grid(key, name) or tuple(content_grid) for name in self.style_streams)
+        if sum(h * w for h, w in grids) != style_tokens:
             raise ValueError(f"block {key}: the style features have {style_tokens} tokens, which is not "
-                             f"the {grid[0]} x {grid[1]} grid expected; re-run SCSAInvert")
-        return grid
+                             f"the {' + '.join(f'{h} x {w}' for h, w in grids)} grid(s) expected; re-run SCSAInvert")
+        return grids
 
     def attn1(self, patch, q, k, v, extra_options):
         if self.strength < 1.0:
@@ -256,7 +269,7 @@ class InjectRun:
             content_grid = tuple(extra_options["activations_shape"][-2:])
             self._terms[key] = self.injection.terms(
                 patch.family.layers(key), refs, content_grid,
-                self.style_grid(key, content_grid, refs.style.shape[1]), extra_options["n_heads"])
+                self.style_grids(key, content_grid, refs.style.shape[1]), extra_options["n_heads"])
         layers = patch.family.layers(key)
         out = attn_output + block_input  # the reference rows, as ComfyUI computes them
         for samples, _ in chunks:

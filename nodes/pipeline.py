@@ -6,7 +6,9 @@ latent. The nodes validate their sockets and make one call; the tests and benchm
 these functions too.
 
   invert:        latents -> family_of(model).resolve_blocks -> choose_storage
-                 -> run_ddim(ddim_invert) with a RecordRun per batch -> SCSAInversion
+                 -> styles known already (a saved file, checked; or STYLE_CACHE) are adopted
+                 -> run_ddim(ddim_invert) with a RecordRun per latent size (the rest)
+                 -> SCSAInversion; the newly inverted styles go into STYLE_CACHE
   style_sample:  SCSAInversion + apply_settings(model) -> initial_latent
                  -> run_ddim(ddim_sample) with an InjectRun (+ RecordRun for a style of
                     another size under recompute storage) -> latent
@@ -16,18 +18,20 @@ these functions too.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 import comfy.model_management
+import comfy.utils
 
 from ..scsa_core.adain import adain, semantic_adain
-from ..scsa_core.features import STREAMS, FeatureBank
-from ..scsa_core.schedules import ddim_invert, ddim_sample, inversion_schedule, sampling_schedule
+from ..scsa_core.features import MAP_OF, STREAMS, STYLE_IMAGES, FeatureBank
+from ..scsa_core.schedules import ddim_invert, ddim_sample, implied_noise, inversion_schedule, sampling_schedule
 from .families import alphas_cumprod, family_of
 from .injection import ApplySettings, AttentionPatch, InjectRun, RecordRun, apply_settings, grid_labels
 from .sampling import preview_reporter, run_ddim
+from .style_reuse import MODEL_CHECK_TOLERANCE, STYLE_CACHE, InvertedStyle, StyleCache, with_device
 from .validation import check_conditioning, inversion_batches, log_map_sizes
 
 log = logging.getLogger("scsa")
@@ -42,13 +46,15 @@ class SCSAInversion:
     bank: FeatureBank         # recorded block inputs; empty with recompute storage
     trajectory: dict          # t -> {stream: [1, C, h, w]} latents in the model's scaled space
     streams: tuple            # the inverted streams, from scsa_core.features.STREAMS
-    batches: tuple            # how the streams were batched (content side first when sizes differ)
+    batches: tuple            # the streams grouped by size (content's first): recompute's sampling batches
     steps: int
     blocks: frozenset         # ComfyUI keys (name, number, index) where features were recorded
     conditioning: list        # the (empty-prompt) conditioning the inversion used
     latent_shape: tuple       # the content latent's shape
     style_shape: tuple        # the style latent's shape
     storage: str = "memory"   # memory / offload (features in `bank`) or recompute (trajectory only)
+    clean_latents: dict = field(default_factory=dict)  # stream -> [1, C, H, W] as given (unscaled)
+    reused: tuple = ()        # style images whose inversion came from the cache or a file
 
     def latent_at(self, t: int, stream: str) -> torch.Tensor:
         """The inverted latent of ``stream`` at timestep ``t``: ``[1, C, h, w]``."""
@@ -57,6 +63,18 @@ class SCSAInversion:
     def latents_at(self, t: int, streams) -> torch.Tensor:
         """The inverted latents of ``streams`` (same size) at ``t``, stacked: ``[S, C, h, w]``."""
         return torch.cat([self.trajectory[t][name] for name in streams])
+
+    @property
+    def style_images(self) -> tuple[str, ...]:
+        """The inverted style images' streams, style 1 first."""
+        return tuple(name for name in STYLE_IMAGES if name in self.streams)
+
+    def style_part(self, index: int) -> InvertedStyle:
+        """Style ``index`` (1-based)'s inversion, sharing this inversion's tensors."""
+        if not 1 <= index <= len(self.style_images):
+            raise ValueError(f"style: this inversion has {len(self.style_images)} style image(s); "
+                             f"there is no style {index}")
+        return _style_part(self, self.style_images[index - 1])
 
     @property
     def trajectory_bytes(self) -> int:
@@ -114,15 +132,86 @@ def choose_storage(mode: str, model_patcher, bytes_needed: int) -> tuple[str, to
     return "recompute", device
 
 
-def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None], steps: int,
-           blocks: str = "auto", storage: str = "auto") -> SCSAInversion:
-    """DDIM-invert the connected ``latents`` (stream -> ``[1, C, H, W]`` or None) and record the
-    block inputs that injection needs, at ``blocks`` (``"auto"`` or e.g. ``"output 6-11"``).
+def _style_streams(name: str, streams) -> dict[str, str]:
+    """Style image ``name``'s streams in ``streams`` -> their names in an :class:`InvertedStyle`."""
+    return {stream: part for stream, part in ((name, "style"), (MAP_OF[name], "style_map")) if stream in streams}
 
-    One batch when every latent has the same size; else the content side and the style side
-    (content and style may differ in size, each map must match its own image). The model is
-    not changed: the recording patch goes on a clone.
+
+def _style_part(inversion: SCSAInversion, name: str) -> InvertedStyle:
+    names = _style_streams(name, inversion.streams)
+    bank = inversion.bank.subset(names) if inversion.storage != "recompute" else None
+    trajectory = {t: {part: row[stream] for stream, part in names.items()} for t, row in inversion.trajectory.items()}
+    return InvertedStyle(inversion.clean_latents[name], inversion.clean_latents.get(MAP_OF[name]), trajectory,
+                         bank, inversion.steps, inversion.blocks, inversion.storage)
+
+
+def _check_saved_style(name: str, style: InvertedStyle, steps: int, blocks: frozenset, channels: int) -> None:
+    """A loaded style must come from an inversion like this one (else a clear error)."""
+    if style.steps != steps:
+        raise ValueError(f"{name}: the saved style was inverted with {style.steps} steps; set SCSAInvert's steps "
+                         f"to {style.steps}, or invert the style image again.")
+    if style.blocks != blocks:
+        raise ValueError(f"{name}: the saved style was recorded at other blocks ({len(style.blocks)} blocks) than "
+                         f"SCSAInvert's blocks ({len(blocks)}): it was made with another model or another "
+                         "blocks setting. Use the blocks it was saved with, or invert the style image again.")
+    if style.latent.shape[1] != channels:
+        raise ValueError(f"{name}: the saved style's latent has {style.latent.shape[1]} channels but the "
+                         f"content's has {channels}: it was made with another model family.")
+
+
+def noise_mismatch(model_patcher, conditioning, style: InvertedStyle) -> float:
+    """How far this model's noise prediction on a saved style's trajectory is from the one the
+    inversion used (relative L2; one model call at the middle step). Near 0: the same model and
+    conditioning; another model or prompt gives tens of percent."""
+    schedule = inversion_schedule(style.steps)
+    t, t_next = schedule[len(schedule) // 2]
+    x, x_next = style.trajectory[t]["style"], style.trajectory[t_next]["style"]
+    alphas = alphas_cumprod(model_patcher)
+    device = comfy.model_management.get_torch_device()
+    eps = run_ddim(model_patcher, conditioning, torch.zeros(x.shape),
+                   lambda eps_fn, _: eps_fn(x.to(device), t), None, total_steps=1, scaled_input=False)
+    used = implied_noise(x.double().cpu(), x_next.double().cpu(), alphas[t], alphas[t_next])
+    return float((eps.double().cpu() - used).norm() / used.norm().clamp_min(1e-12))
+
+
+def _reusable_styles(model_patcher, conditioning, connected: dict, saved: dict, steps: int, keys: frozenset,
+                     storage: tuple, cache: StyleCache | None) -> dict[str, InvertedStyle]:
+    """The style images whose inversion need not run again: loaded from a file (checked against
+    this model) or found in the cache."""
+    reused = {}
+    for name in STYLE_IMAGES:
+        if name not in connected:
+            continue
+        if name in saved:
+            mismatch = noise_mismatch(model_patcher, conditioning, saved[name])
+            if mismatch > MODEL_CHECK_TOLERANCE:
+                raise ValueError(f"{name}: the saved style was made with another model or another conditioning "
+                                 f"(this model's noise prediction differs by {100 * mismatch:.0f}% from the one "
+                                 "it was inverted with). Load it with the model and empty prompt it was saved "
+                                 "with, or invert the style image again.")
+            reused[name] = saved[name]
+        elif cache is not None:
+            hit = cache.get(model_patcher, conditioning, connected[name], connected.get(MAP_OF[name]), steps,
+                            keys, storage)
+            if hit is not None:
+                reused[name] = hit
+    return reused
+
+
+def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None], steps: int,
+           blocks: str = "auto", storage: str = "auto", saved_styles: dict | None = None,
+           cache: StyleCache | None = STYLE_CACHE) -> SCSAInversion:
+    """DDIM-invert the connected ``latents`` (stream -> ``[1, C, H, W]`` or None; up to four
+    style images, ``scsa_core.features.STREAMS``) and record the block inputs that injection
+    needs, at ``blocks`` (``"auto"`` or e.g. ``"output 6-11"``).
+
+    Latents of one size go in one batch; sizes may differ (each map must match its own image).
+    A style image whose inversion is known is not inverted again: ``saved_styles`` (style
+    image -> :class:`InvertedStyle` from a file) or ``cache`` (the same style, model, conditioning,
+    steps, blocks and storage as an earlier run). The model is not changed: the recording patch
+    goes on a clone.
     """
+    saved_styles = saved_styles or {}
     streams = tuple(name for name in STREAMS if latents.get(name) is not None)
     connected = {name: latents[name] for name in streams}
     batches = inversion_batches(connected)
@@ -130,19 +219,44 @@ def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None],
     family = family_of(model_patcher)
     keys = family.resolve_blocks(blocks)
     estimate = feature_bytes(model_patcher, keys, connected, steps)
+    requested = storage
     storage, device = choose_storage(storage, model_patcher, estimate)
+    channels = connected["content"].shape[1]
+    for name, style in saved_styles.items():
+        _check_saved_style(name, style, steps, keys, channels)
+    featureless = [name for name, style in saved_styles.items() if style.bank is None]
+    if featureless and storage != "recompute":
+        if requested != "auto":
+            raise ValueError(f"{featureless[0]}: the saved style holds latents only (it was saved with 'recompute' "
+                             f"storage), so it cannot serve '{requested}' storage. Set storage to 'recompute' "
+                             "or 'auto', or save the style from an inversion with 'memory' storage.")
+        storage, device = "recompute", model_patcher.load_device
     log.info("SCSAInvert: %s storage on %s (features of %d steps: %.2f GB)", storage, device, steps,
              estimate / 2 ** 30)
 
+    dtype = feature_dtype(model_patcher)
+    storage_key = (storage, str(device), str(dtype))
+    reused = _reusable_styles(model_patcher, conditioning, connected, saved_styles, steps, keys, storage_key, cache)
+    reused = {name: with_device(style, device, dtype) for name, style in reused.items()}
+    reused_streams = {stream for name in reused for stream in _style_streams(name, streams)}
+    to_invert = {name: x for name, x in connected.items() if name not in reused_streams}
+    if reused:
+        log.info("SCSAInvert: reusing the inversion of %s", ", ".join(reused))
+
     recorder = model_patcher.clone()
     recording = storage != "recompute"
-    bank = FeatureBank(streams if recording else (), dtype=feature_dtype(model_patcher), device=device)
+    bank = FeatureBank(streams if recording else (), dtype=dtype, device=device)
     if recording:
         AttentionPatch(family).install(recorder, sorted(keys))
     alphas = alphas_cumprod(recorder)
     schedule = inversion_schedule(steps)
     trajectory: dict[int, dict[str, torch.Tensor]] = {}
-    for batch in batches:
+    # Images of one size share a batch (the fastest on a GPU, and a one-style run stays what it
+    # was). A reused style leaves the content in a smaller batch, whose rounding may differ from
+    # the joint batch's in the last bits: far below what an 8-bit image shows.
+    batches_now = inversion_batches(to_invert)
+    progress = comfy.utils.ProgressBar(len(batches_now) * len(schedule))
+    for batch in batches_now:
         def loop(eps_fn, x):
             for t, stacked in ddim_invert(eps_fn, x, schedule, alphas).items():
                 rows = trajectory.setdefault(t, {})
@@ -150,33 +264,47 @@ def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None],
             return x
 
         run = RecordRun(bank, keys, streams=batch) if recording else None
-        run_ddim(recorder, conditioning, torch.cat([connected[name] for name in batch]), loop, run,
-                 total_steps=len(schedule))
-    return SCSAInversion(bank, trajectory, streams, batches, steps, keys, conditioning,
-                         tuple(connected["content"].shape), tuple(connected["style"].shape), storage)
+        run_ddim(recorder, conditioning, torch.cat([to_invert[name] for name in batch]), loop, run,
+                 total_steps=len(schedule), progress=progress)
+    for name, style in reused.items():
+        names = {part: stream for stream, part in _style_streams(name, streams).items()}
+        if recording:
+            bank.adopt(style.bank, names)
+        for t, row in style.trajectory.items():
+            trajectory.setdefault(t, {}).update({stream: row[part].to(device) for part, stream in names.items()})
+    inversion = SCSAInversion(bank, trajectory, streams, batches, steps, keys, conditioning,
+                              tuple(connected["content"].shape), tuple(connected["style"].shape), storage,
+                              clean_latents=connected, reused=tuple(reused))
+    if cache is not None:
+        for name in inversion.style_images:
+            if name not in reused:
+                cache.put(model_patcher, conditioning, storage_key, _style_part(inversion, name))
+    return inversion
 
 
 # ------------------------------------------------------------------------------- sampling
 def initial_latent(inversion: SCSAInversion, settings: ApplySettings, start_from: int, init: str) -> torch.Tensor:
     """The latent sampling starts from: ``[1, C, H, W]`` in the model's scaled space."""
     content = inversion.latent_at(start_from, "content")
-    style = inversion.latent_at(start_from, "style")
+    styles = [inversion.latent_at(start_from, name) for name in inversion.style_images]
     if init == "auto":
         init = "semantic AdaIN" if settings.semantics is not None else "AdaIN"
     if init == "none":
         return content
     batch, channels, height, width = content.shape
     tokens = lambda x: x.flatten(2).transpose(1, 2)  # noqa: E731  [1, C, H, W] -> [1, HW, C]
+    # Several styles: the statistics of all their tokens (of the same label, with semantics).
+    style_tokens = torch.cat([tokens(style) for style in styles], dim=1)
     if init == "AdaIN":
-        mixed = adain(tokens(content), tokens(style))
+        mixed = adain(tokens(content), style_tokens)
     else:
         if settings.semantics is None:
             raise ValueError("init: 'semantic AdaIN' needs semantics on SCSAApply. Connect a semantic pair, "
                              "or choose 'AdaIN' (StyleID).")
         content_labels, style_labels = grid_labels(settings.semantics, settings.params, height, width,
-                                                   tuple(style.shape[-2:]))
-        mixed = semantic_adain(tokens(content), tokens(style), content_labels.flatten().to(content.device),
-                               style_labels.flatten().to(content.device))
+                                                   [tuple(style.shape[-2:]) for style in styles])
+        mixed = semantic_adain(tokens(content), style_tokens, content_labels.flatten().to(content.device),
+                               style_labels.to(content.device))
     return mixed.transpose(1, 2).reshape(batch, channels, height, width)
 
 
@@ -197,6 +325,11 @@ def style_sample(model_patcher, inversion: SCSAInversion, init: str = "auto",
         raise ValueError("inversion: SCSA with semantic_share > 0 needs the semantic map latents. Connect "
                          "content_map and style_map to SCSAInvert, or set semantic_share to 0.")
     if settings.semantics is not None:
+        if settings.semantics.num_styles != len(inversion.style_images):
+            raise ValueError(f"semantics: the semantic pair has {settings.semantics.num_styles} style map(s) but "
+                             f"SCSAInvert inverted {len(inversion.style_images)} style image(s). Give "
+                             "SCSASemanticPair one style map per style image, in the same order (style_map, "
+                             "style_map_2, ...).")
         log_map_sizes(settings.semantics, inversion.latent_shape, inversion.style_shape)
     schedule = sampling_schedule(inversion.steps, timesteps)
     strengths = settings.timing.strengths(len(schedule.steps))

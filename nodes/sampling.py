@@ -37,7 +37,8 @@ def preview_reporter(model_patcher, total_steps: int) -> Callable[[int, torch.Te
 
 
 def run_ddim(model_patcher, conditioning, latent: torch.Tensor, loop: Callable, run,
-             total_steps: int, scaled_input: bool = True, count_calls: bool = True) -> torch.Tensor:
+             total_steps: int, scaled_input: bool = True, count_calls: bool = True,
+             progress: comfy.utils.ProgressBar | None = None) -> torch.Tensor:
     """Run ``loop(eps_fn, x) -> x`` inside ComfyUI's sampler machinery; returns the loop's result.
 
     latent: ``[B, C, H, W]`` ComfyUI latent (unscaled; ComfyUI scales it). With
@@ -52,7 +53,10 @@ def run_ddim(model_patcher, conditioning, latent: torch.Tensor, loop: Callable, 
     Cancel is honoured before each call.
     """
     sigma_table = model_patcher.get_model_object("model_sampling").sigmas.detach()
-    progress = comfy.utils.ProgressBar(total_steps) if count_calls else None
+    if count_calls and progress is None:   # a caller with several runs passes one bar for them all
+        progress = comfy.utils.ProgressBar(total_steps)
+    elif not count_calls:
+        progress = None
     result = {}
 
     def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):

@@ -20,7 +20,8 @@ import folder_paths
 import node_helpers
 from comfy_api.latest import io, ui
 
-from ..scsa_core.labels import SemanticLabels, label_preview, labels_from_color_maps, labels_from_masks
+from ..scsa_core.labels import (MAX_STYLES, SemanticLabels, label_preview, labels_from_color_map_set,
+                                labels_from_color_maps, labels_from_mask_set)
 from .validation import map_file_error, name_the_maps
 
 CATEGORY = "SCSA"
@@ -61,15 +62,91 @@ def _to_image(rgb: torch.Tensor) -> torch.Tensor:
     return (rgb.float() / 255.0)[None]
 
 
+def _panels(rows: list[list[torch.Tensor | None]], gap: int = 8) -> torch.Tensor:
+    """``uint8 [H, W, 3]`` panels (None: empty) on a white canvas, row by row, columns aligned."""
+    columns = max(len(row) for row in rows)
+    widths = [max((row[c].shape[1] for row in rows if c < len(row) and row[c] is not None), default=0)
+              for c in range(columns)]
+    heights = [max((p.shape[0] for p in row if p is not None), default=0) for row in rows]
+    canvas = torch.full((sum(heights) + gap * (len(rows) - 1), sum(widths) + gap * (columns - 1), 3), 255,
+                        dtype=torch.uint8)
+    top = 0
+    for row, height in zip(rows, heights):
+        left = 0
+        for column, panel in enumerate(row):
+            if panel is not None:
+                canvas[top:top + panel.shape[0], left:left + panel.shape[1]] = panel
+            left += widths[column] + gap
+        top += height + gap
+    return canvas
+
+
 def pair_preview(semantics: SemanticLabels, gap: int = 8) -> torch.Tensor:
-    """Both label maps side by side, matched labels in their colours, unmatched hatched."""
-    left = label_preview(semantics.content, semantics.palette, semantics.matched)
-    right = label_preview(semantics.style, semantics.palette, semantics.matched)
-    height = max(left.shape[0], right.shape[0])
-    canvas = torch.full((height, left.shape[1] + gap + right.shape[1], 3), 255, dtype=torch.uint8)
-    canvas[:left.shape[0], :left.shape[1]] = left
-    canvas[:right.shape[0], left.shape[1] + gap:] = right
-    return _to_image(canvas)
+    """The label maps side by side (content, then each style), matched labels in their colours,
+    unmatched hatched. With several styles (or chosen sources) a second row shows, under each
+    style, the content regions that take their style from it (the others faded)."""
+    content = label_preview(semantics.content, semantics.palette, semantics.matched)
+    styles = [label_preview(labels, semantics.palette, semantics.matched) for labels in semantics.style_maps]
+    rows = [[content] + styles]
+    if semantics.num_styles > 1 or semantics.sources is not None:
+        lends = semantics.lends
+        drawn = []
+        for style in range(semantics.num_styles):
+            keep = torch.cat([torch.zeros(1, dtype=torch.bool), lends[style]])[semantics.content + 1]
+            faded = ((content.int() + 3 * 255) // 4).to(torch.uint8)
+            drawn.append(torch.where(keep[..., None], content, faded))
+        rows.append([None] + drawn)
+    return _to_image(_panels(rows, gap))
+
+
+_SOURCE_ENTRY = re.compile(r"^\s*(#[0-9a-fA-F]{6}|(?:label|mask|region)?\s*\d+)\s*:\s*([\d,\s]+)$")
+
+
+def parse_sources(text: str, semantics: SemanticLabels) -> torch.Tensor | None:
+    """``"#0000e6: 2; #00e600: 1, 3"`` -> ``bool [styles, L]``: the sky only from style 2, the
+    meadow from styles 1 and 3, every other region from every style that has it. A region is
+    named by its colour in the maps, or by its label / mask number (1-based). Empty -> None."""
+    entries = [item for item in re.split(r"[;\n]+", text or "") if item.strip()]
+    if not entries:
+        return None
+    palette = semantics.palette.int()
+    sources = torch.ones(semantics.num_styles, semantics.num_labels, dtype=torch.bool)
+    present = semantics.lends if semantics.sources is None else semantics.with_sources(None).lends
+    for entry in entries:
+        match = _SOURCE_ENTRY.match(entry)
+        if not match:
+            raise ValueError(f'sources: cannot read "{entry.strip()}". Write one region per entry, e.g. '
+                             '"#0000e6: 2; #00e600: 1, 3" (region colour or label number, then the style '
+                             "numbers it takes its style from).")
+        region, styles_text = match.group(1).strip(), match.group(2)
+        if not region.startswith("#"):
+            digits = re.sub(r"^(label|mask|region)\s*", "", region)
+            label = int(digits) - 1
+            if not 0 <= label < semantics.num_labels:
+                raise ValueError(f"sources: there is no region {digits}; the maps have {semantics.num_labels}.")
+            name = f"region {digits}"
+        else:
+            value = int(region[1:], 16)
+            colour = torch.tensor([value >> 16, (value >> 8) & 255, value & 255])
+            distance = ((palette - colour) ** 2).sum(1)
+            label = int(distance.argmin())
+            if int(distance[label]) > 48 ** 2:
+                known = ", ".join("#%02x%02x%02x" % tuple(c) for c in semantics.palette.tolist())
+                raise ValueError(f"sources: no region has the colour {region}; the maps' regions are {known}.")
+            name = region
+        chosen = [int(n) for n in re.split(r"[,\s]+", styles_text.strip()) if n]
+        if not chosen:
+            raise ValueError(f"sources: {name} names no style; give at least one style number.")
+        for number in chosen:
+            if not 1 <= number <= semantics.num_styles:
+                raise ValueError(f"sources: {name} names style {number}, but there are {semantics.num_styles} "
+                                 "style maps.")
+            if not present[number - 1, label]:
+                raise ValueError(f"sources: style {number}'s map has no {name} region, so it cannot lend it. "
+                                 f"Choose among the styles whose map has it.")
+        sources[:, label] = False
+        sources[[n - 1 for n in chosen], label] = True
+    return sources
 
 
 class SCSALoadSemanticMap(io.ComfyNode):
@@ -127,6 +204,28 @@ def parse_palette(text: str) -> list[list[int]] | None:
     return colours
 
 
+def _more_style_names(prefix: str) -> list[str]:
+    """``style_map_2`` .. ``style_map_4`` (or ``style_masks_2`` ..): the inputs of styles 2.."""
+    return [f"{prefix}_{number}" for number in range(2, MAX_STYLES + 1)]
+
+
+STYLE_MAP_INPUTS = [io.Image.Input(name, optional=True,
+                                   tooltip=f"Semantic map of style image {name[-1]} (several styles by region: "
+                                           "a content region takes its style from every style whose map has "
+                                           "its colour). Connect the style images to SCSAInvert in the same order.")
+                    for name in _more_style_names("style_map")]
+SOURCES_INPUT = io.String.Input(
+    "sources", default="", optional=True, multiline=False,
+    tooltip="Optional, with several styles: which style(s) a region takes its style from, instead of every "
+            "style whose map has it. E.g. '#0000e6: 2; #00e600: 1, 3' (sky from style 2 only, meadow from "
+            "styles 1 and 3). Regions by colour, or by number (1-based, as the masks). Empty: automatic.")
+
+
+def _with_chosen_sources(semantics: SemanticLabels, sources: str) -> SemanticLabels:
+    chosen = parse_sources(sources, semantics)
+    return semantics if chosen is None else semantics.with_sources(chosen)
+
+
 class SCSASemanticPair(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -149,26 +248,33 @@ class SCSASemanticPair(io.ComfyNode):
                                 tooltip="Optional: the region colours to use instead of detecting them, "
                                         "e.g. '#00e600, #e6e600'. Their order breaks exact ties of the "
                                         "official preset's resampling. Leave empty to detect."),
+                # Appended, optional: saved workflows keep their widgets and their result.
+                *STYLE_MAP_INPUTS,
+                SOURCES_INPUT,
             ],
             outputs=[Semantics.Output("semantics", display_name="semantics"),
-                     io.Image.Output("preview", display_name="preview", tooltip="Content map (left) and style map (right); "
-                                     "regions without a counterpart are hatched.")],
+                     io.Image.Output("preview", display_name="preview", tooltip="Content map (left) and style "
+                                     "map(s); regions without a counterpart are hatched. With several styles, "
+                                     "under each style: the content regions that take their style from it.")],
         )
 
     @classmethod
     def execute(cls, content_map, style_map, max_labels=64, min_region=0.02, merge_distance=24.0,
-                palette=""):
+                palette="", sources="", **more_maps):
         maps = {"content_map": _image_to_rgb(content_map, "content_map"),
                 "style_map": _image_to_rgb(style_map, "style_map")}
+        maps.update({name: _image_to_rgb(more_maps[name], name) for name in _more_style_names("style_map")
+                     if more_maps.get(name) is not None})
 
-        def label_maps(content_rgb, style_rgb):
-            return labels_from_color_maps(content_rgb, style_rgb, max_labels=max_labels,
-                                          min_area_fraction=min_region / 100.0,
-                                          merge_distance=merge_distance, palette=parse_palette(palette))
+        def label_maps(content_rgb, *style_rgbs):
+            return labels_from_color_map_set(content_rgb, list(style_rgbs), max_labels=max_labels,
+                                             min_area_fraction=min_region / 100.0,
+                                             merge_distance=merge_distance, palette=parse_palette(palette))
         try:
-            semantics = label_maps(maps["content_map"], maps["style_map"])
+            semantics = label_maps(*maps.values())
         except ValueError as error:
             raise name_the_maps(error, maps, label_maps) from None
+        semantics = _with_chosen_sources(semantics, sources)
         preview = pair_preview(semantics)
         return io.NodeOutput(semantics, preview, ui=ui.PreviewImage(preview, cls=cls))
 
@@ -184,14 +290,21 @@ class SCSASemanticFromMasks(io.ComfyNode):
                     io.Mask.Input("style_masks", tooltip="A batch of L masks over the style image, in the same order."),
                     io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01, optional=True,
                                    tooltip="A pixel belongs to the strongest mask at or above this value; "
-                                           "pixels under every mask stay unlabelled.")],
+                                           "pixels under every mask stay unlabelled."),
+                    *[io.Mask.Input(name, optional=True,
+                                    tooltip=f"The L masks over style image {name[-1]}, in the same order "
+                                            "(for several styles by region).")
+                      for name in _more_style_names("style_masks")],
+                    SOURCES_INPUT],
             outputs=[Semantics.Output("semantics", display_name="semantics"),
                      io.Image.Output("preview", display_name="preview")],
         )
 
     @classmethod
-    def execute(cls, content_masks, style_masks, threshold=0.5):
-        semantics = labels_from_masks(content_masks, style_masks, threshold=threshold)
+    def execute(cls, content_masks, style_masks, threshold=0.5, sources="", **more_masks):
+        stacks = [style_masks] + [more_masks[name] for name in _more_style_names("style_masks")
+                                  if more_masks.get(name) is not None]
+        semantics = _with_chosen_sources(labels_from_mask_set(content_masks, stacks, threshold=threshold), sources)
         preview = pair_preview(semantics)
         return io.NodeOutput(semantics, preview, ui=ui.PreviewImage(preview, cls=cls))
 

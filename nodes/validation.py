@@ -10,15 +10,15 @@ import logging
 
 import torch
 
+from ..scsa_core.features import MAP_OF, STYLE_IMAGES
+
 __all__ = ["inversion_batches", "check_conditioning", "map_size_notes", "log_map_sizes", "map_file_error",
            "name_the_maps"]
 
 log = logging.getLogger("scsa")
 
-CONTENT_SIDE = ("content", "content_map")
-STYLE_SIDE = ("style", "style_map")
 # What a semantic map latent must match: its own image.
-_IMAGE_OF = {"content_map": "content", "style_map": "style"}
+_IMAGE_OF = {stream: image for image, stream in MAP_OF.items()}
 
 
 def _size(latent: torch.Tensor) -> tuple[int, int]:
@@ -28,10 +28,10 @@ def _size(latent: torch.Tensor) -> tuple[int, int]:
 def inversion_batches(latents: dict[str, torch.Tensor | None]) -> tuple[tuple[str, ...], ...]:
     """The batches SCSAInvert inverts, after checking the latents against each other.
 
-    ``latents``: stream name -> ``[1, C, H, W]`` or None (maps not connected). Each semantic map
-    must have the size of its own image; content and style may differ in size. Returns one
-    batch of every connected stream (in ``latents``' order) when all sizes agree, else the
-    content side and the style side as two batches.
+    ``latents``: stream name -> ``[1, C, H, W]`` or None (not connected). Each semantic map must
+    have the size of its own image, and either every image has its map or none does; images may
+    differ in size. Returns one batch per latent size (in ``latents``' order within a batch),
+    the content's size first: one batch of every connected stream when all sizes agree.
     """
     connected = {name: x for name, x in latents.items() if x is not None}
     channels = connected["content"].shape[1]
@@ -40,15 +40,22 @@ def inversion_batches(latents: dict[str, torch.Tensor | None]) -> tuple[tuple[st
             raise ValueError(f"{name}: latent has {latent.shape[1]} channels but content has {channels}. "
                              "Encode every image with the same VAE (the one of the model's checkpoint).")
     for name, image in _IMAGE_OF.items():
+        if name in connected and image not in connected:
+            raise ValueError(f"{name}: connected without {image}. Connect the {image} latent too, or "
+                             f"disconnect {name}.")
         if name in connected and _size(connected[name]) != _size(connected[image]):
             raise ValueError(
                 f"{name}: latent is {_size(connected[name])} but {image} is {_size(connected[image])} "
                 f"(in latent pixels). A semantic map must have the size of its own image: resize the "
                 f"map to the {image} image's size before VAE Encode (e.g. 'Upscale Image' with "
                 "nearest-exact, which keeps its colours flat).")
-    if len({_size(x) for x in connected.values()}) == 1:
-        return (tuple(connected),)
-    return tuple(tuple(name for name in side if name in connected) for side in (CONTENT_SIDE, STYLE_SIDE))
+    with_maps = "content_map" in connected
+    for image in ("content",) + STYLE_IMAGES:
+        if image in connected and (MAP_OF[image] in connected) != with_maps:
+            raise ValueError(f"{MAP_OF[image]}: {'connect' if with_maps else 'disconnect'} it. SCSA needs the "
+                             "semantic map latent of every image (content and each style); StyleID needs none.")
+    sizes = list(dict.fromkeys(_size(x) for x in connected.values()))
+    return tuple(tuple(name for name, x in connected.items() if _size(x) == size) for size in sizes)
 
 
 def check_conditioning(conditioning, name: str = "conditioning") -> None:

@@ -53,7 +53,7 @@ API_DIR = OUT_DIR / "api"
 # folder (nodes/example_inputs.py), so a template runs as soon as it is opened.
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
-IMAGES = dict(examples.ROLE_FILES)
+IMAGES = dict(examples.ROLE_FILES, style2=examples.file_name("style2"), style2_map=examples.file_name("style2", True))
 # Region -> colour of the example maps as ImageColorToMask takes it (0xRRGGBB, matched exactly).
 REGION_COLOURS = {name: (r << 16) | (g << 8) | b for name, (r, g, b) in examples.REGIONS.items()}
 
@@ -148,9 +148,7 @@ def _encode(g: Graph, ckpt, image, pos, title):
 
 def _scsa_tail(g: Graph, ckpt, empty, latents: dict, semantics, x: float, prefix: str):
     invert = g.add("SCSAInvert", (x, 60), (330, 230), model=ckpt[0], conditioning=empty[0],
-                   content=latents["content"][0], style=latents["style"][0],
-                   content_map=latents["content_map"][0] if "content_map" in latents else None,
-                   style_map=latents["style_map"][0] if "style_map" in latents else None)
+                   **{socket: encoded[0] for socket, encoded in latents.items()})
     apply = g.add("SCSAApply", (x, 330), (330, 290), model=ckpt[0],
                   semantics=semantics[0] if semantics is not None else None)
     sampler = g.add("SCSAStyleSampler", (x + 370, 60), (300, 120), model=apply[0], inversion=invert[0])
@@ -215,6 +213,39 @@ def scsa_masks() -> Graph:
     return g
 
 
+def scsa_two_styles() -> Graph:
+    """One content, two style images: each region takes its style from the styles whose map has it."""
+    g = Graph("scsa_two_styles", view=(0.6, (20.0, 20.0)))
+    ckpt, empty, content, style, content_map, style_map = _model_and_images(g, "color")
+    style2 = g.add("LoadImage", (400, 820), (300, 330), title="Style image 2", image=File(IMAGES["style2"]))
+    style2_map = g.add("SCSALoadSemanticMap", (720, 820), (300, 330), title="Style 2 semantic map",
+                       image=File(IMAGES["style2_map"]))
+    latents = {"content": _encode(g, ckpt, content, (1060, 60), "Encode content"),
+               "style": _encode(g, ckpt, style, (1060, 150), "Encode style"),
+               "content_map": _encode(g, ckpt, content_map, (1060, 440), "Encode content map"),
+               "style_map": _encode(g, ckpt, style_map, (1060, 530), "Encode style map"),
+               "style_2": _encode(g, ckpt, style2, (1060, 820), "Encode style 2"),
+               "style_map_2": _encode(g, ckpt, style2_map, (1060, 910), "Encode style 2 map")}
+    pair = g.add("SCSASemanticPair", (1060, 1010), (420, 420), content_map=content_map[0],
+                 style_map=style_map[0], style_map_2=style2_map[0], sources=f"#{REGION_COLOURS['sky']:06x}: 2")
+    _scsa_tail(g, ckpt, empty, latents, pair, 1520, "scsa_two_styles")
+    g.note(NOTE_TWO_STYLES, (40, 380), (330, 520))
+    g.group("Model", (20, -10, 360, 350))
+    g.group("Content, style 1 and their semantic maps", (380, -10, 660, 800))
+    g.group("Style 2 and its semantic map", (380, 800, 660, 380))
+    g.group("SCSA", (1500, -10, 770, 760))
+    return g
+
+
+NOTE_TWO_STYLES = """SCSA with two style images, by region (SD1.5)
+
+Each region of the content takes its style from the style images whose semantic map has that region's colour: here the meadow and the sun from both paintings, the mountains from style 1 (style 2 has none), and the sky, by the "sources" line of Semantic Pair, from style 2 only (#0000e6: 2). Clear "sources" to let the sky draw from both.
+
+Add up to four styles: style_2 .. style_4 on Invert (each with its map latent) and style_map_2 .. style_map_4 on Semantic Pair, in the same order. The lower row of Semantic Pair's preview shows, under each style, the content regions it styles.
+
+A region no style has falls back to the whole styles. Change only the content and re-queue: the styles are not inverted again."""
+
+
 def scsa_sdxl() -> Graph:
     return scsa_color_maps("scsa_sdxl_color_maps", SDXL_CHECKPOINT, NOTE_SDXL, prefix="scsa_sdxl")
 
@@ -261,7 +292,7 @@ FEEDFORWARD = {"sanet": ("SCSASANetStylize", "sanet/", NOTE_SANET),
 
 GRAPHS = {"scsa_sd15_color_maps": scsa_color_maps, "styleid_sd15": styleid, "scsa_sd15_masks": scsa_masks,
           "scsa_sdxl_color_maps": scsa_sdxl, "scsa_sanet": lambda: feedforward("sanet"),
-          "scsa_stytr2": lambda: feedforward("stytr2")}
+          "scsa_stytr2": lambda: feedforward("stytr2"), "scsa_two_styles": scsa_two_styles}
 
 
 # ---------------------------------------------------------------------- node definitions

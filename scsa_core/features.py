@@ -21,9 +21,15 @@ import torch
 
 from .block import ReferenceInputs
 
-__all__ = ["STREAMS", "FeatureBank"]
+__all__ = ["STREAMS", "STYLE_IMAGES", "MAP_OF", "FeatureBank"]
 
-STREAMS = ("content", "style", "content_map", "style_map")
+# Up to four style images, each with its semantic map: style k's streams are "style_k" and
+# "style_map_k" (style 1 keeps the plain names). The order is the order of an inversion batch.
+STYLE_IMAGES = ("style", "style_2", "style_3", "style_4")
+MAP_OF = {"content": "content_map", "style": "style_map", "style_2": "style_map_2", "style_3": "style_map_3",
+          "style_4": "style_map_4"}
+STREAMS = ("content", "style", "content_map", "style_map", "style_2", "style_map_2", "style_3", "style_map_3",
+           "style_4", "style_map_4")
 
 
 class FeatureBank:
@@ -84,8 +90,33 @@ class FeatureBank:
         rows.update(given or {})
         if not {"content", "style"} <= set(rows):
             raise KeyError(f"content and style are both needed; have {sorted(rows)} at t={t}, block {block}")
-        return ReferenceInputs(content=rows["content"], style=rows["style"],
-                               content_map=rows.get("content_map"), style_map=rows.get("style_map"))
+        # Several styles: their tokens side by side, in style order (the keys are their union).
+        styles = [name for name in STYLE_IMAGES if name in rows]
+        maps = [MAP_OF[name] for name in styles if MAP_OF[name] in rows]
+        return ReferenceInputs(content=rows["content"], style=_side_by_side([rows[name] for name in styles]),
+                               content_map=rows.get("content_map"),
+                               style_map=_side_by_side([rows[name] for name in maps]) if maps else None)
+
+    def adopt(self, other: "FeatureBank", names: dict[str, str]) -> None:
+        """Take ``other``'s streams ``names`` (its name -> this bank's name) into this bank,
+        sharing the tensors (no copy): a reused or saved style joins a new inversion's bank."""
+        for (t, block), entry in other._entries.items():
+            mine = self._entries.setdefault((t, block), {})
+            for source, target in names.items():
+                mine[target] = entry[source].to(self.device, self.dtype)
+        for (block, source), grid in other._grids.items():
+            if source in names:
+                self._grids[(block, names[source])] = grid
+
+    def subset(self, names: dict[str, str]) -> "FeatureBank":
+        """A new bank holding this bank's streams ``names`` (this name -> new name), sharing the tensors."""
+        part = FeatureBank(names.values(), dtype=self.dtype, device=self.device)
+        part.adopt(self, names)
+        return part
+
+    def entries(self, stream: str) -> dict[tuple[int, Hashable], torch.Tensor]:
+        """``(t, block) -> [1, N, C]`` of one stream (for saving)."""
+        return {key: entry[stream] for key, entry in self._entries.items() if stream in entry}
 
     def clear(self) -> None:
         """Forget every entry (the grids stay: they depend on the image sizes only)."""
@@ -105,3 +136,8 @@ class FeatureBank:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _side_by_side(rows: list[torch.Tensor]) -> torch.Tensor:
+    """``[1, N_i, C]`` tensors -> ``[1, sum N_i, C]`` (one tensor passes through as it is)."""
+    return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)

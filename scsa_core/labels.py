@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import colorsys
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -46,9 +46,13 @@ __all__ = [
     "distinct_palette",
     "label_preview",
     "RESAMPLE_MODES",
+    "MAX_STYLES",
+    "labels_from_color_map_set",
+    "labels_from_mask_set",
 ]
 
 RESAMPLE_MODES = ("majority", "nearest", "official")
+MAX_STYLES = 4
 
 # Bounded working memory for the pixel x palette distance matrices (elements per chunk).
 _CHUNK_ELEMENTS = 1 << 22
@@ -75,6 +79,11 @@ class SemanticLabels:
     matched: torch.Tensor
     content_colors: torch.Tensor | None = None
     style_colors: torch.Tensor | None = None
+    # Several style images (up to MAX_STYLES): styles 2.. as label maps (and colour maps), and
+    # which style may lend which label (None: every style that has it). See ``style_labels_at``.
+    more_styles: tuple = ()
+    more_style_colors: tuple = ()
+    sources: torch.Tensor | None = None
 
     def __post_init__(self):
         palette, matched = self.palette, self.matched
@@ -84,13 +93,22 @@ class SemanticLabels:
         if not isinstance(matched, torch.Tensor) or matched.dtype != torch.bool \
                 or tuple(matched.shape) != (palette.shape[0],):
             raise ValueError("SemanticLabels.matched must be a bool tensor [L], one flag per palette colour")
-        for name in ("content", "style"):
-            value = getattr(self, name)
+        named = [("content", self.content), ("style", self.style)]
+        named += [(f"more_styles[{i}]", value) for i, value in enumerate(self.more_styles)]
+        for name, value in named:
             if not isinstance(value, torch.Tensor) or value.dtype != torch.int64 or value.dim() != 2:
                 raise ValueError(f"SemanticLabels.{name} must be an int64 tensor [H, W]")
             values = value.detach().cpu().numpy()
             if values.size and (values.min() < -1 or values.max() >= palette.shape[0]):
                 raise ValueError(f"SemanticLabels.{name} values must lie in [-1, {palette.shape[0]})")
+        if self.num_styles > MAX_STYLES:
+            raise ValueError(f"SemanticLabels: at most {MAX_STYLES} style maps, got {self.num_styles}")
+        if self.more_style_colors and len(self.more_style_colors) != len(self.more_styles):
+            raise ValueError("SemanticLabels.more_style_colors needs one colour map per extra style")
+        if self.sources is not None and (self.sources.dtype != torch.bool
+                                         or tuple(self.sources.shape) != (self.num_styles, palette.shape[0])):
+            raise ValueError(f"SemanticLabels.sources must be a bool tensor [styles, labels] = "
+                             f"[{self.num_styles}, {palette.shape[0]}]")
 
     def labels_at(self, height: int, width: int, mode: str = "majority"):
         """Content and style label maps ``int64 [height, width]`` at one token grid.
@@ -107,6 +125,54 @@ class SemanticLabels:
     @property
     def num_labels(self) -> int:
         return int(self.palette.shape[0])
+
+    @property
+    def num_styles(self) -> int:
+        return 1 + len(self.more_styles)
+
+    @property
+    def style_maps(self) -> tuple[torch.Tensor, ...]:
+        """The label maps of every style image, style 1 first."""
+        return (self.style,) + tuple(self.more_styles)
+
+    def _style_colors(self, index: int) -> torch.Tensor | None:
+        return self.style_colors if index == 0 else (self.more_style_colors[index - 1]
+                                                     if self.more_style_colors else None)
+
+    @property
+    def lends(self) -> torch.Tensor:
+        """``bool [styles, L]``: style ``s`` lends label ``l`` (has it, and ``sources`` allows it)."""
+        present = torch.from_numpy(np.stack([_label_counts(m, self.num_labels) > 0 for m in self.style_maps]))
+        return present if self.sources is None else present & self.sources
+
+    def content_labels_at(self, height: int, width: int, mode: str = "majority") -> torch.Tensor:
+        """The content label map ``int64 [height, width]`` at one token grid (see ``labels_at``)."""
+        if mode == "official" and self.content_colors is not None:
+            return resample_color_map_official(self.content_colors, self.palette, height, width)
+        return resample_labels(self.content, height, width, mode=mode, palette=self.palette)
+
+    def style_labels_at(self, index: int, height: int, width: int, mode: str = "majority") -> torch.Tensor:
+        """Style ``index``'s (0-based) label map ``int64 [height, width]`` at one token grid.
+
+        Labels this style does not lend (``sources``) are ``-1`` there: no content token attends
+        to those tokens by label, and S-AdaIN leaves them out of that label's statistics.
+        """
+        colors = self._style_colors(index)
+        if mode == "official" and colors is not None:
+            labels = resample_color_map_official(colors, self.palette, height, width)
+        else:
+            labels = resample_labels(self.style_maps[index], height, width, mode=mode, palette=self.palette)
+        if self.sources is not None:
+            allowed = torch.cat([torch.zeros(1, dtype=torch.bool), self.sources[index]])
+            labels = torch.where(allowed[labels + 1], labels, torch.full_like(labels, -1))
+        return labels
+
+    def with_sources(self, sources: torch.Tensor | None) -> "SemanticLabels":
+        """The same maps with ``sources`` (``bool [styles, L]``, None: automatic); ``matched``
+        becomes "in the content and lent by some style"."""
+        trial = replace(self, sources=sources)
+        lent = trial.lends.any(0)
+        return replace(trial, matched=torch.from_numpy(_label_counts(self.content, self.num_labels) > 0) & lent)
 
     @property
     def shared_labels(self) -> list[int]:
@@ -419,18 +485,43 @@ def labels_from_color_maps(content_rgb, style_rgb, *, max_labels: int = 64,
     ``-1``), ``palette [L, 3]`` (the painted colours, largest joint area first), ``matched [L]``.
     Raises ``ValueError`` for malformed input and for images that are not flat-colour maps.
     """
-    content = _as_rgb_uint8(content_rgb, "content map")
-    style = _as_rgb_uint8(style_rgb, "style map")
-    (content_labels, style_labels), palette = label_color_maps(
-        {"content map": content, "style map": style}, max_labels=max_labels,
-        min_area_fraction=min_area_fraction, merge_distance=merge_distance,
-        min_interior_fraction=min_interior_fraction, interior_radius=interior_radius,
-        edge_distance=edge_distance, flat_distance=flat_distance, min_flat_fraction=min_flat_fraction,
-        palette=palette)
-    return SemanticLabels(content_labels, style_labels, palette,
-                          _matched(content_labels, style_labels, len(palette)),
-                          content_colors=torch.from_numpy(np.array(content)),
-                          style_colors=torch.from_numpy(np.array(style)))
+    return labels_from_color_map_set(content_rgb, [style_rgb], max_labels=max_labels,
+                                     min_area_fraction=min_area_fraction, merge_distance=merge_distance,
+                                     min_interior_fraction=min_interior_fraction, interior_radius=interior_radius,
+                                     edge_distance=edge_distance, flat_distance=flat_distance,
+                                     min_flat_fraction=min_flat_fraction, palette=palette)
+
+
+def _style_map_name(index: int) -> str:
+    return "style map" if index == 0 else f"style map {index + 1}"
+
+
+def labels_from_color_map_set(content_rgb, style_rgbs, **options) -> SemanticLabels:
+    """:func:`labels_from_color_maps` for one content map and 1 to ``MAX_STYLES`` style maps,
+    labelled jointly: the same colour is the same label in every map.
+
+    style_rgbs: a list of ``uint8 [H, W, 3]`` (sizes may differ). ``matched[i]``: label ``i`` is
+    in the content and in at least one style. With one style map this is exactly
+    ``labels_from_color_maps``.
+    """
+    if not 1 <= len(style_rgbs) <= MAX_STYLES:
+        raise ValueError(f"give between 1 and {MAX_STYLES} style maps, got {len(style_rgbs)}")
+    maps = {"content map": _as_rgb_uint8(content_rgb, "content map")}
+    maps.update({_style_map_name(i): _as_rgb_uint8(rgb, _style_map_name(i)) for i, rgb in enumerate(style_rgbs)})
+    label_maps, palette = label_color_maps(maps, **options)
+    colours = [torch.from_numpy(np.array(rgb)) for rgb in maps.values()]
+    return _with_styles(SemanticLabels(label_maps[0], label_maps[1], palette,
+                                       _matched(label_maps[0], label_maps[1], len(palette)),
+                                       content_colors=colours[0], style_colors=colours[1]),
+                        label_maps[2:], colours[2:])
+
+
+def _with_styles(semantics: SemanticLabels, more_styles, more_style_colors=()) -> SemanticLabels:
+    """``semantics`` (content + style 1) with styles 2.. added; unchanged when there are none."""
+    if not more_styles:
+        return semantics
+    return replace(semantics, more_styles=tuple(more_styles),
+                   more_style_colors=tuple(more_style_colors)).with_sources(None)
 
 
 def label_color_maps(maps: dict[str, np.ndarray], *, max_labels: int = 64, min_area_fraction: float = 2e-4,
@@ -582,12 +673,23 @@ def labels_from_masks(content_masks, style_masks, threshold: float = 0.5) -> Sem
     ``-1``. ``matched[i]``: region ``i`` owns at least one pixel on both sides after that choice.
     The palette is ``distinct_palette(L)``.
     """
+    return labels_from_mask_set(content_masks, [style_masks], threshold)
+
+
+def labels_from_mask_set(content_masks, style_mask_stacks, threshold: float = 0.5) -> SemanticLabels:
+    """:func:`labels_from_masks` for 1 to ``MAX_STYLES`` style images, each with its mask stack
+    ``[L, Hs, Ws]`` in the content's order (mask ``i`` is region ``i`` everywhere)."""
+    if not 1 <= len(style_mask_stacks) <= MAX_STYLES:
+        raise ValueError(f"give between 1 and {MAX_STYLES} style mask stacks, got {len(style_mask_stacks)}")
     content = _as_mask_stack(content_masks, "content masks")
-    style = _as_mask_stack(style_masks, "style masks")
-    if content.shape[0] != style.shape[0]:
-        raise ValueError(f"content and style need the same number of masks (region i of one matches "
-                         f"region i of the other): got {content.shape[0]} content and "
-                         f"{style.shape[0]} style masks")
+    styles = [_as_mask_stack(masks, "style masks" if i == 0 else f"style masks {i + 1}")
+              for i, masks in enumerate(style_mask_stacks)]
+    for index, style in enumerate(styles):
+        if content.shape[0] != style.shape[0]:
+            which = "style" if index == 0 else f"style {index + 1}"
+            raise ValueError(f"content and {which} need the same number of masks (region i of one matches "
+                             f"region i of the other): got {content.shape[0]} content and "
+                             f"{style.shape[0]} {which} masks")
 
     def to_labels(stack: torch.Tensor) -> torch.Tensor:
         if stack.shape[0] == 0:
@@ -597,10 +699,10 @@ def labels_from_masks(content_masks, style_masks, threshold: float = 0.5) -> Sem
         best, index = strength.max(0)
         return torch.where(best > -math.inf, index, torch.full_like(index, -1)).to(torch.int64)
 
-    content_labels, style_labels = to_labels(content), to_labels(style)
+    content_labels, style_labels = to_labels(content), [to_labels(style) for style in styles]
     count = content.shape[0]
-    return SemanticLabels(content_labels, style_labels, distinct_palette(count),
-                          _matched(content_labels, style_labels, count))
+    return _with_styles(SemanticLabels(content_labels, style_labels[0], distinct_palette(count),
+                                       _matched(content_labels, style_labels[0], count)), style_labels[1:])
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 __all__ = ["TIMESTEP_MODES", "ddim_timesteps", "inversion_schedule", "SamplingSchedule",
-           "sampling_schedule", "ddim_step", "predict_x0", "ddim_invert", "ddim_sample",
+           "sampling_schedule", "ddim_step", "predict_x0", "implied_noise", "ddim_invert", "ddim_sample",
            "STRENGTH_SCHEDULES", "strength_factor", "injected_steps", "injection_strengths",
            "InjectionTiming"]
 
@@ -86,6 +86,19 @@ def predict_x0(x: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor | float) 
     """The clean latent that ``x`` ``[B, C, H, W]`` at cumulative alpha ``alpha`` implies, given ``eps``."""
     alpha = torch.as_tensor(alpha, dtype=torch.float64)
     return (x - (1 - alpha).sqrt().item() * eps) / alpha.sqrt().item()
+
+
+def implied_noise(x: torch.Tensor, x_next: torch.Tensor, alpha_from: torch.Tensor | float,
+                  alpha_to: torch.Tensor | float) -> torch.Tensor:
+    """The ``eps`` that :func:`ddim_step` took from ``x`` to ``x_next`` (``[B, C, H, W]`` each).
+
+    Inverts ``x_next = c x + (sqrt(1 - a_to) - c sqrt(1 - a_from)) eps`` with
+    ``c = sqrt(a_to / a_from)``; well conditioned when the two alphas differ (any DDIM step).
+    """
+    alpha_from = torch.as_tensor(alpha_from, dtype=torch.float64).item()
+    alpha_to = torch.as_tensor(alpha_to, dtype=torch.float64).item()
+    c = math.sqrt(alpha_to / alpha_from)
+    return (x_next - c * x) / (math.sqrt(1.0 - alpha_to) - c * math.sqrt(1.0 - alpha_from))
 
 
 def ddim_invert(eps_fn: EpsFn, x0: torch.Tensor, schedule: list[tuple[int, int]],

@@ -44,7 +44,7 @@ def test_object_info_lists_every_scsa_node_with_its_schema_inputs(defs, comfy):
     assert ours == sorted(wi.PACK_NODES), "the server's SCSA nodes differ from the expected list"
     schema_nodes = {}
     for module in ("nodes/semantic_nodes.py", "nodes/mask_nodes.py", "nodes/diffusion_nodes.py",
-                   "nodes/feedforward.py"):
+                   "nodes/style_library_nodes.py", "nodes/feedforward.py"):
         for cls in pack_module(module).NODES:
             schema = cls.define_schema()
             schema_nodes[schema.node_id] = schema

@@ -29,7 +29,7 @@ PAIR = "29"
 WORKFLOWS = tuple(mw.GRAPHS)
 PACK_NODES = ("SCSALoadSemanticMap", "SCSASemanticPair", "SCSASemanticFromMasks", "SCSAInvert",
               "SCSAApply", "SCSAStyleSampler", "SCSAMaskBatch", "SCSAFeedForwardLoader", "SCSASANetStylize",
-              "SCSAStyTr2Stylize")
+              "SCSAStyTr2Stylize", "SCSASaveStyleInversion", "SCSALoadStyleInversion")
 PACK_MODULE = "custom_nodes.scsa-style-transfer"
 
 

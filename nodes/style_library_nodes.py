@@ -1,0 +1,129 @@
+"""A library of inverted styles: Save Style Inversion and Load Style Inversion.
+
+  SCSAInvert -> inversion -> SCSASaveStyleInversion(style 1, its colour map)  -> models/scsa_styles/
+  SCSALoadStyleInversion -> style, style_map (LATENT), style_map_image (IMAGE)
+                         -> SCSAInvert's style / style_map, SCSASemanticPair's style_map
+
+The loaded style LATENT carries the style's inversion (``style_reuse.SAVED_STYLE_KEY``), so it
+plugs into SCSAInvert's ordinary sockets and the graph stays the standard one; SCSAInvert checks
+the file against its model before using it. Files are safetensors, read with the safe loader.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+import folder_paths
+from comfy_api.latest import io, ui
+
+from .diffusion_nodes import Inversion
+from .semantic_nodes import CATEGORY, _image_to_rgb, _to_image
+from .style_reuse import MISSING_MAP_KEY, SAVED_STYLE_KEY, load_style, save_style
+
+log = logging.getLogger("scsa")
+
+FOLDER = "scsa_styles"
+
+
+def register_style_folder() -> None:
+    """``models/scsa_styles`` (after any ``extra_model_paths.yaml`` entries), safetensors only."""
+    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
+    paths, _ = folder_paths.folder_names_and_paths[FOLDER]
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, {".safetensors"})
+
+
+register_style_folder()
+
+
+class SCSASaveStyleInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCSASaveStyleInversion", display_name="Save Style Inversion (SCSA)", category=CATEGORY,
+            description="Saves one style's inversion from SCSAInvert to models/scsa_styles, for a library of "
+                        "styles that survives restarts: Load Style Inversion gives it back without inverting "
+                        "again. With 'recompute' storage the file holds latents only (a few MB); with "
+                        "'memory' or 'offload' it holds the recorded features too (GBs, faster sampling).",
+            inputs=[
+                Inversion.Input("inversion", tooltip="From SCSAInvert."),
+                io.String.Input("filename_prefix", default="scsa_style",
+                                tooltip="File name in models/scsa_styles (a number is appended); "
+                                        "sub-folders allowed, e.g. 'paintings/monet'."),
+                io.Int.Input("style", default=1, min=1, max=4,
+                             tooltip="Which of SCSAInvert's style images to save (1: style, 2: style_2, ...)."),
+                io.Image.Input("style_map_image", optional=True,
+                               tooltip="The style's colour map (the image given to SCSASemanticPair), saved with "
+                                       "it so that Load Style Inversion gives it back. Needed for SCSA styles."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, inversion, filename_prefix, style, style_map_image=None):
+        part = inversion.style_part(style)
+        if part.map_latent is not None and style_map_image is None:
+            raise ValueError("style_map_image: connect the style's colour map (the image you gave "
+                             "SCSASemanticPair for this style); a saved SCSA style needs it for its semantics.")
+        map_rgb = None if style_map_image is None else torch.from_numpy(
+            _image_to_rgb(style_map_image, "style_map_image").copy())
+        base = folder_paths.get_folder_paths(FOLDER)[0]
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, base)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{name}_{counter:05}.safetensors")
+        save_style(path, part, map_rgb, model_name="")
+        log.info("SCSA: saved style %d's inversion (%s storage) to %s", style, part.storage, path)
+        shown = os.path.relpath(path, base)
+        return io.NodeOutput(ui=ui.PreviewText(f"saved {shown}"))
+
+
+class SCSALoadStyleInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCSALoadStyleInversion", display_name="Load Style Inversion (SCSA)", category=CATEGORY,
+            description="Loads a style saved by Save Style Inversion. Connect style and style_map to "
+                        "SCSAInvert (instead of the VAE-encoded style and map) and style_map_image to "
+                        "SCSASemanticPair: SCSAInvert then inverts the content only. It refuses a file made "
+                        "with another model, steps or blocks.",
+            inputs=[io.Combo.Input("style_file", options=folder_paths.get_filename_list(FOLDER),
+                                   tooltip="A file in models/scsa_styles (refresh after saving one).")],
+            outputs=[io.Latent.Output("style", display_name="style"),
+                     io.Latent.Output("style_map", display_name="style_map"),
+                     io.Image.Output("style_map_image", display_name="style_map_image")],
+        )
+
+    @classmethod
+    def execute(cls, style_file):
+        path = folder_paths.get_full_path(FOLDER, style_file)
+        if path is None:
+            raise ValueError(f"style_file: {style_file!r} is not in the {FOLDER} folders "
+                             f"({', '.join(folder_paths.get_folder_paths(FOLDER))})")
+        style, map_rgb, _ = load_style(path)
+        style_latent = {"samples": style.latent, SAVED_STYLE_KEY: style}
+        if style.map_latent is not None:
+            map_latent = {"samples": style.map_latent}
+        else:
+            map_latent = {"samples": torch.zeros_like(style.latent),
+                          MISSING_MAP_KEY: f"{style_file} was saved without a semantic map (StyleID); "
+                                           "disconnect style_map, or save the style from an SCSA inversion."}
+        if map_rgb is None:
+            height, width = style.latent.shape[-2:]
+            map_rgb = torch.zeros(height * 8, width * 8, 3, dtype=torch.uint8)
+        return io.NodeOutput(style_latent, map_latent, _to_image(map_rgb))
+
+    @classmethod
+    def fingerprint_inputs(cls, style_file):
+        path = folder_paths.get_full_path(FOLDER, style_file)
+        return None if path is None else (path, os.path.getmtime(path), os.path.getsize(path))
+
+    @classmethod
+    def validate_inputs(cls, style_file):
+        if folder_paths.get_full_path(FOLDER, style_file) is None:
+            return f"style_file: {style_file!r} was not found in models/{FOLDER}"
+        return True
+
+
+NODES = [SCSASaveStyleInversion, SCSALoadStyleInversion]
