@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Run an SCSA workflow headless: one image pair, or a whole folder of pairs.
+"""Run an SCSA workflow headless: one image pair, a whole folder of pairs, or a folder of contents.
 
     .venv/bin/python scripts/run_workflow.py                      # the example, on the example images
     .venv/bin/python scripts/run_workflow.py --content photo.jpg --style painting.jpg \\
         --content-map photo_sem.png --style-map painting_sem.png --checkpoint v1-5-pruned-emaonly.safetensors
     .venv/bin/python scripts/run_workflow.py --pairs ../shared/data/sem_pairs --out runs/
+    .venv/bin/python scripts/run_workflow.py --contents photos/ --style painting.jpg --style-map painting_sem.png
     .venv/bin/python scripts/run_workflow.py workflows/styleid_sd15.json --server http://127.0.0.1:8188
 
 WORKFLOW is a UI workflow (as saved by ComfyUI, e.g. workflows/*.json) or an API prompt
@@ -20,6 +21,15 @@ DIR: <name>.jpg (content), <name>_paint.jpg (style), <name>_sem.png and <name>_p
 (their maps), in DIR or its sub-folders. Style and maps are resized to the content's size (maps
 without interpolation). Without images, the example inputs the repository ships are used
 (workflows/inputs/, painted by scripts/make_example_inputs.py).
+
+--contents DIR --style IMG [--style-map MAP] runs every content image of DIR (not its sub-folders;
+.png/.jpg/.jpeg/.webp, in name order) against that one style, one prompt per content on the same
+server: <name>.<ext> with its map <name>_sem.png (else <name>_map.png) beside it; files named
+*_sem.png / *_map.png are maps, never contents. Each result is <workflow>_<content>_<style>.png.
+Here the style keeps its own size (scaled by --size like the content; its map resized to it), not
+each content's: so its latent, and with it its DDIM inversion, is the same for every content, and
+the server inverts it once and reuses it from the second content on (nodes/style_reuse.py). Each
+content's map is resized to the content.
 
 Checkpoint: --checkpoint NAME, else the workflow's (v1-5-pruned-emaonly.safetensors). The
 embedded server looks in --models DIR (and DIR/checkpoints) and in ComfyUI's models/checkpoints.
@@ -217,6 +227,29 @@ def _first(base: Path, name: str, suffix: str) -> Path | None:
     return None
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+MAP_SUFFIXES = ("_sem", "_map")    # <name>_sem.png (the data set's), else <name>_map.png
+
+
+def find_contents(folder: Path) -> dict[str, dict[str, Path]]:
+    """``{name: {"content": path[, "content_map": path]}}`` for every image in ``folder`` (not its
+    sub-folders) whose name does not end in _sem / _map, in name order; its map is the first of
+    <name>_sem.png, <name>_map.png beside it (none: no "content_map")."""
+    contents: dict[str, dict[str, Path]] = {}
+    for path in sorted(Path(folder).iterdir(), key=lambda p: p.name):
+        if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS or path.stem.endswith(MAP_SUFFIXES):
+            continue
+        if path.stem in contents:
+            raise RunError(f"--contents: two contents named {path.stem!r} in {folder} "
+                           f"({contents[path.stem]['content'].name}, {path.name}): rename one")
+        contents[path.stem] = {"content": path}
+        for suffix in MAP_SUFFIXES:
+            if (path.parent / f"{path.stem}{suffix}.png").is_file():
+                contents[path.stem]["content_map"] = path.parent / f"{path.stem}{suffix}.png"
+                break
+    return contents
+
+
 def image_roles(prompt: dict) -> dict[str, str]:
     """``{role: node id}`` of the workflow's image loaders (by default file name, else title)."""
     roles: dict[str, str] = {}
@@ -241,9 +274,10 @@ def image_roles(prompt: dict) -> dict[str, str]:
     return roles
 
 
-def prepare_images(files: dict[str, Path], size: int | None) -> dict[str, bytes]:
+def prepare_images(files: dict[str, Path], size: int | None, own_style_size: bool = False) -> dict[str, bytes]:
     """PNG bytes per role: the content scaled so its longer side is ``size`` (multiple of 8),
-    everything else resized to the content's size (maps with nearest-neighbour)."""
+    everything else resized to the content's size (maps with nearest-neighbour). With
+    ``own_style_size`` the style is scaled like the content instead, and its map resized to it."""
     from PIL import Image, ImageOps
     images = {}
     for role, path in files.items():
@@ -252,15 +286,20 @@ def prepare_images(files: dict[str, Path], size: int | None) -> dict[str, bytes]
         except Exception as e:
             raise RunError(f"--{role.replace('_', '-')}: cannot read {path}: {e}") from None
         images[role] = img.convert("RGB")
-    target = None
-    if "content" in images:
-        w, h = images["content"].size
+
+    def scaled(img) -> tuple[int, int]:
+        w, h = img.size
         if size:
             scale = size / max(w, h)
             w, h = max(8, round(w * scale / 8) * 8), max(8, round(h * scale / 8) * 8)
-        target = (w, h)
+        return (w, h)
+
+    targets = dict.fromkeys(images, scaled(images["content"])) if "content" in images else {}
+    if own_style_size and "style" in images:
+        targets.update(dict.fromkeys(("style", "style_map"), scaled(images["style"])))
     out = {}
     for role, img in images.items():
+        target = targets.get(role)
         if target and img.size != target:
             img = img.resize(target, Image.NEAREST if role.endswith("map") else Image.LANCZOS)
         buf = io.BytesIO()
@@ -324,6 +363,12 @@ def parse_args(argv):
     ap.add_argument("--pairs", type=Path, metavar="DIR", help="run every pair in this folder (<name>.jpg, <name>_paint.jpg, "
                                               "<name>_sem.png, <name>_paint_sem.png)")
     ap.add_argument("--swap", action="store_true", help="with --pairs: the painting is the content")
+    ap.add_argument("--contents", type=Path, metavar="DIR",
+                    help="run every content image in this folder (name order; map <name>_sem.png or <name>_map.png "
+                         "beside it) against the one --style (and --style-map), one prompt each on the same server. "
+                         "The style keeps its own size (scaled by --size like each content) instead of being resized "
+                         "to each content's as with --pairs, so its inversion is the same for all contents and is "
+                         "reused from the second one on")
     ap.add_argument("--size", type=int, metavar="PX", help="scale the content so its longer side is SIZE px (default: as is)")
     ap.add_argument("--steps", type=int, metavar="N", help="DDIM steps of SCSAInvert (default: the workflow's, 50)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help="where results are copied (default: outputs/)")
@@ -338,6 +383,8 @@ def parse_args(argv):
 
 def plan_jobs(a, log) -> list[tuple[str, dict[str, Path]]]:
     given = {role: getattr(a, role) for role in ROLES if getattr(a, role) is not None}
+    if a.contents:
+        return _content_jobs(a, given)
     if a.pairs:
         if given:
             raise RunError("give either --pairs or single images (--content, ...), not both")
@@ -365,6 +412,46 @@ def plan_jobs(a, log) -> list[tuple[str, dict[str, Path]]]:
                        "--style IMG --content-map MAP --style-map MAP (or --pairs DIR).")
     log(f"no images given: using the example images in {_shown(examples.OUT_DIR)}")
     return [(DEFAULT_JOB, files)]
+
+
+def _content_jobs(a, given: dict[str, Path]) -> list[tuple[str, dict[str, Path]]]:
+    """--contents DIR: one job per content image, each with the one style (and style map)."""
+    clash = [f"--{role.replace('_', '-')}" for role in ("content", "content_map") if role in given]
+    clash += ["--pairs"] if a.pairs else []
+    clash += ["--swap"] if a.swap else []
+    if clash:
+        raise RunError(f"--contents takes the contents (and their maps) from its folder: leave out {', '.join(clash)}")
+    if "style" not in given:
+        raise RunError("--contents needs the one style to run them against: --style IMG (and --style-map MAP for "
+                       "an SCSA workflow)")
+    for role, path in given.items():
+        if not path.is_file():
+            raise RunError(f"--{role.replace('_', '-')}: {path} does not exist")
+    if not a.contents.is_dir():
+        raise RunError(f"--contents: {a.contents} is not a folder")
+    contents = find_contents(a.contents)
+    if not contents:
+        raise RunError(f"no content images in {a.contents}: expected <name>.png/.jpg/.jpeg/.webp (files named "
+                       "*_sem.png or *_map.png are maps, not contents; sub-folders are not searched)")
+    return [(f"{name}_{a.style.stem}", {**files, **given}) for name, files in contents.items()]
+
+
+def check_jobs(jobs: list[tuple[str, dict[str, Path]]], roles: dict[str, str], a, log) -> None:
+    """Before anything runs: every image the workflow loads is there for every job (else RunError),
+    and a note on the given images it has no loader for."""
+    if a.contents and "content_map" in roles:
+        unmapped = [files["content"].name for _, files in jobs if "content_map" not in files]
+        if unmapped:
+            raise RunError(f"the workflow needs a semantic map per content; none beside {', '.join(unmapped)} in "
+                           f"{a.contents} (expected <name>_sem.png or <name>_map.png)")
+    for _, files in jobs:
+        missing = [role for role in ROLES if role in roles and role not in files]
+        if missing:
+            raise RunError(f"the workflow needs {', '.join(missing)} too: pass "
+                           + " ".join(f"--{m.replace('_', '-')} IMG" for m in missing))
+    unused = sorted(set(jobs[0][1]) - set(roles) - ({"content_map"} if a.contents else set()))
+    if unused and not a.pairs:
+        log(f"note: this workflow has no {', '.join(unused)} input; ignoring it")
 
 
 def _shown(path: Path) -> str:
@@ -395,13 +482,21 @@ def _main(a, log) -> int:
     with connect(a, workflow, log) as session:
         prompt = prepare_prompt(session.client, workflow, a)
         roles = image_roles(prompt)
+        check_jobs(jobs, roles, a, log)
         a.out.mkdir(parents=True, exist_ok=True)
-        written = []
+        written, seconds = [], []
         for index, (name, files) in enumerate(jobs, 1):
             log(f"[{name}] running {a.workflow.name} ({index}/{len(jobs)})")
+            job_started = time.monotonic()
             written += run_job(session.client, prompt, roles, name, files, a, log)
+            seconds.append(time.monotonic() - job_started)
+            log(f"[{name}] took {seconds[-1]:.1f} s")
         if not written:
             raise RunError("the workflow produced no saved image (no SaveImage output)")
+        if a.contents:
+            later = f", the other {len(seconds) - 1}: {sum(seconds[1:]) / (len(seconds) - 1):.1f} s on average" \
+                if len(seconds) > 1 else ""
+            log(f"{len(jobs)} content(s) against {a.style.name}: the first took {seconds[0]:.1f} s{later}")
         log(f"{len(written)} image(s) in {a.out} ({time.monotonic() - started:.0f} s)")
         if session.noise_warning:
             log("reminder: random test weights were used, the images are noise (see above).")
@@ -514,18 +609,14 @@ def prepare_prompt(client: Client, workflow: dict, a) -> dict:
 
 
 def run_job(client: Client, prompt: dict, roles: dict, name: str, files: dict, a, log) -> list[Path]:
-    """Upload one job's images into a copy of ``prompt``, run it, download what it saved."""
-    unused = sorted(set(files) - set(roles))
-    if unused and not a.pairs:
-        log(f"note: this workflow has no {', '.join(unused)} input; ignoring it")
-    missing = [role for role in ROLES if role in roles and role not in files]
-    if missing:
-        raise RunError(f"the workflow needs {', '.join(missing)} too: pass "
-                       + " ".join(f"--{m.replace('_', '-')} IMG" for m in missing))
+    """Upload one job's images into a copy of ``prompt`` (check_jobs checked them), run it,
+    download what it saved."""
     job_prompt = json.loads(json.dumps(prompt))
-    pngs = prepare_images({r: p for r, p in files.items() if r in roles}, a.size)
+    pngs = prepare_images({r: p for r, p in files.items() if r in roles}, a.size, own_style_size=bool(a.contents))
     for role, data in pngs.items():
-        job_prompt[roles[role]]["inputs"]["image"] = client.upload_image(data, f"scsa_run_{name}_{role}.png")
+        # --contents: the one style goes up under one name, so ComfyUI keeps its loader's output too
+        owner = a.style.stem if a.contents and role.startswith("style") else name
+        job_prompt[roles[role]]["inputs"]["image"] = client.upload_image(data, f"scsa_run_{owner}_{role}.png")
     for node in job_prompt.values():
         if node["class_type"] == "SaveImage":
             node["inputs"]["filename_prefix"] = f"scsa_run/{a.workflow.stem}_{name}"

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import copy
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import workflow_inputs as wi
 from scripts import make_workflows as mw
@@ -57,6 +60,84 @@ def test_batch_over_a_folder_of_pairs(server, tiny_checkpoint, tmp_path):
     assert [f.name for f in files] == ["styleid_sd15_a.png", "styleid_sd15_b.png"]
     for f in files:
         wi.check_image(f, size=wi.SIZE)   # resized from 96 px by --size
+
+
+REUSED = "reusing the inversion of style"   # nodes/pipeline.py logs it (INFO, logger "scsa")
+
+
+def _contents_folder(folder: Path, size: int = wi.SIZE) -> dict[str, Path]:
+    """Two different contents of one size with their maps (one <name>_sem.png, one <name>_map.png)
+    and, beside the folder, one style and map of ANOTHER size, flipped: an image no other test
+    inverts, so the server's style cache cannot hold it before the test."""
+    images = wi.pair_images(size)
+    mirror = {role: image.transpose(Image.FLIP_LEFT_RIGHT) for role, image in images.items()}
+    folder.mkdir(parents=True)
+    images["content"].save(folder / "a.png")
+    images["content_map"].save(folder / "a_sem.png")
+    mirror["content"].save(folder / "b.jpg", quality=95)
+    mirror["content_map"].save(folder / "b_map.png")
+    style_size = size - 16
+    style = images["style"].transpose(Image.FLIP_TOP_BOTTOM).resize((style_size, style_size), Image.LANCZOS)
+    style_map = images["style_map"].transpose(Image.FLIP_TOP_BOTTOM).resize((style_size, style_size), Image.NEAREST)
+    paths = {"style": folder.parent / "painting.png", "style_map": folder.parent / "painting_sem.png"}
+    style.save(paths["style"])
+    style_map.save(paths["style_map"])
+    return paths
+
+
+def test_folder_of_contents_against_one_style_reuses_its_inversion(comfy_server, tiny_checkpoint, tmp_path, capsys):
+    """--contents DIR --style IMG --style-map MAP: one prompt per content on the same server;
+    the style keeps its own size, so the server inverts it for the first content only (its log
+    says so once, in the second prompt)."""
+    style = _contents_folder(tmp_path / "contents")
+    out = tmp_path / "out"
+    log_start = comfy_server.log_path.stat().st_size
+    code = rw.main([str(mw.paths("scsa_sd15_color_maps")["api"]), "--server", comfy_server.base_url,
+                    "--checkpoint", tiny_checkpoint.name, "--contents", str(tmp_path / "contents"),
+                    "--style", str(style["style"]), "--style-map", str(style["style_map"]),
+                    "--steps", str(wi.STEPS), "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    with open(comfy_server.log_path, "rb") as f:
+        f.seek(log_start)
+        log = f.read().decode("utf-8", "replace")
+    assert code == 0, captured.out[-3000:] + captured.err[-3000:] + log[-3000:]
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == ["scsa_sd15_color_maps_a_painting.png", "scsa_sd15_color_maps_b_painting.png"]
+    for f in files:
+        wi.check_image(f)   # the contents' size, not the style's
+    # (random weights decode to near black whatever the content: compare what went up instead)
+    uploaded = {name: np.asarray(Image.open(comfy_server.input_dir / f"scsa_run_{name}.png"))
+                for name in ("a_painting_content", "b_painting_content", "painting_style", "painting_style_map")}
+    assert np.abs(uploaded["a_painting_content"].astype(int) - uploaded["b_painting_content"]).mean() > 10
+    assert uploaded["painting_style"].shape == (wi.SIZE - 16, wi.SIZE - 16, 3), "the style keeps its own size"
+    prompts = log.split("Prompt executed in")
+    assert len(prompts) == 3, log[-3000:]
+    assert [part.count(REUSED) for part in prompts] == [0, 1, 0], log[-3000:]
+    assert "[a_painting] took" in captured.out and "[b_painting] took" in captured.out
+    assert "2 content(s) against painting.png: the first took" in captured.out
+    assert "the other 1:" in captured.out
+
+
+def test_contents_without_maps_are_refused_before_anything_runs(server, tiny_checkpoint, tmp_path, capsys):
+    style = _contents_folder(tmp_path / "contents")
+    (tmp_path / "contents" / "b_map.png").unlink()
+    (tmp_path / "contents" / "c.webp").write_bytes((tmp_path / "contents" / "a.png").read_bytes())
+    out = tmp_path / "out"
+    code = rw.main([str(mw.paths("scsa_sd15_color_maps")["api"]), "--server", server,
+                    "--checkpoint", tiny_checkpoint.name, "--contents", str(tmp_path / "contents"),
+                    "--style", str(style["style"]), "--style-map", str(style["style_map"]), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "needs a semantic map per content; none beside b.jpg, c.webp" in err
+    assert "<name>_sem.png or <name>_map.png" in err
+    assert not out.exists(), "nothing may run before every content has its map"
+    # the same contents without their maps suit a workflow without maps (StyleID)
+    a = rw.parse_args(["--contents", str(tmp_path / "contents"), "--style", str(style["style"])])
+    jobs = rw.plan_jobs(a, print)
+    rw.check_jobs(jobs, rw.image_roles(wi.committed("styleid_sd15")[1]), a, print)
+    # and an SCSA workflow needs the style's map too
+    with pytest.raises(rw.RunError, match="needs style_map too: pass --style-map IMG"):
+        rw.check_jobs(jobs[:1], rw.image_roles(wi.committed("scsa_sd15_color_maps")[1]), a, print)
 
 
 def test_explains_a_missing_checkpoint(server, pair, tmp_path, tiny_checkpoint):
@@ -112,6 +193,71 @@ def test_finds_pairs_and_image_roles(tmp_path):
     titled = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}, "_meta": {"title": "Style image"}},
               "2": {"class_type": "SCSALoadSemanticMap", "inputs": {"image": "b.png"}, "_meta": {"title": "Content"}}}
     assert rw.image_roles(titled) == {"style": "1", "content_map": "2"}
+
+
+def test_finds_contents_and_keeps_the_style_size(tmp_path):
+    """A folder of contents: images in name order, *_sem.png / *_map.png are maps (the first of
+    them beside a content is its map), sub-folders are not searched; the style keeps its own size."""
+    style = _contents_folder(tmp_path / "contents", size=wi.SIZE)
+    folder = tmp_path / "contents"
+    (folder / "a_map.png").write_bytes((folder / "a_sem.png").read_bytes())   # _sem.png wins
+    (folder / "0.webp").write_bytes((folder / "a.png").read_bytes())          # no map: none
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "deep.png").write_bytes((folder / "a.png").read_bytes())
+    contents = rw.find_contents(folder)
+    assert list(contents) == ["0", "a", "b"]
+    assert contents["0"] == {"content": folder / "0.webp"}
+    assert contents["a"] == {"content": folder / "a.png", "content_map": folder / "a_sem.png"}
+    assert contents["b"] == {"content": folder / "b.jpg", "content_map": folder / "b_map.png"}
+
+    a = rw.parse_args(["--contents", str(folder), "--style", str(style["style"]), "--style-map", str(style["style_map"])])
+    jobs = rw.plan_jobs(a, print)
+    assert [name for name, _ in jobs] == ["0_painting", "a_painting", "b_painting"]
+    assert jobs[1][1] == {**contents["a"], **style}
+    for size, content_px, style_px in ((None, wi.SIZE, wi.SIZE - 16), (32, 32, 32)):
+        pngs = rw.prepare_images(jobs[1][1], size, own_style_size=True)
+        sizes = {role: Image.open(io.BytesIO(data)).size for role, data in pngs.items()}
+        assert sizes == {"content": (content_px,) * 2, "content_map": (content_px,) * 2,
+                         "style": (style_px,) * 2, "style_map": (style_px,) * 2}
+    pngs = rw.prepare_images(jobs[1][1], None)   # as for --pairs: everything at the content's size
+    assert {Image.open(io.BytesIO(data)).size for data in pngs.values()} == {(wi.SIZE, wi.SIZE)}
+
+    (folder / "a.jpg").write_bytes((folder / "b.jpg").read_bytes())
+    with pytest.raises(rw.RunError, match=r"two contents named 'a'.*\(a\.jpg, a\.png\): rename one"):
+        rw.find_contents(folder)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--pairs", "DIR"], "leave out --pairs"),
+    (["--content", "STYLE"], "leave out --content"),
+    (["--content-map", "STYLE"], "leave out --content-map"),
+    (["--swap"], "leave out --swap"),
+])
+def test_contents_refuses_other_image_sources(tmp_path, capsys, extra, message):
+    style = _contents_folder(tmp_path / "contents")
+    extra = [{"DIR": str(tmp_path), "STYLE": str(style["style"])}.get(x, x) for x in extra]
+    code = rw.main(["--contents", str(tmp_path / "contents"), "--style", str(style["style"]), *extra,
+                    "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert f"--contents takes the contents (and their maps) from its folder: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_contents_needs_a_style_and_a_folder_with_contents(tmp_path, capsys):
+    style = _contents_folder(tmp_path / "contents")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x_sem.png").write_bytes(style["style_map"].read_bytes())   # a map alone is no content
+    for args, message in (
+            (["--contents", str(tmp_path / "contents")], "--contents needs the one style to run them against: "
+                                                          "--style IMG"),
+            (["--contents", str(empty), "--style", str(style["style"])], f"no content images in {empty}"),
+            (["--contents", str(tmp_path / "nowhere"), "--style", str(style["style"])], "is not a folder"),
+            (["--contents", str(empty), "--style", str(tmp_path / "nothing.png")], "nothing.png does not exist")):
+        assert rw.main([*args, "--out", str(tmp_path / "out")]) == 2, args
+        assert message in capsys.readouterr().err, args
+    assert not (tmp_path / "out").exists()
 
 
 DEFS = {
