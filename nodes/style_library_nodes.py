@@ -73,7 +73,7 @@ class SCSASaveStyleInversion(io.ComfyNode):
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, base)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{name}_{counter:05}.safetensors")
-        save_style(path, part, map_rgb, model_name="")
+        save_style(path, part, map_rgb)
         log.info("SCSA: saved style %d's inversion (%s storage) to %s", style, part.storage, path)
         shown = os.path.relpath(path, base)
         return io.NodeOutput(ui=ui.PreviewText(f"saved {shown}"))

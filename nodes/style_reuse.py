@@ -173,8 +173,10 @@ class StyleCache:
     objects are gone, never match and are dropped on the next store.
     """
 
-    def __init__(self, max_entries: int = 4, max_feature_bytes: int = 4 << 30):
+    def __init__(self, max_entries: int = 4, max_feature_bytes: int | None = None):
         self.max_entries = max_entries
+        # None: a quarter of the memory of the device that holds the features, at most 4 GB
+        # (held features stay allocated between prompts, so they must leave the sampler room).
         self.max_feature_bytes = max_feature_bytes
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._next = 0
@@ -203,20 +205,26 @@ class StyleCache:
         self.misses += 1
         return None
 
+    def _budget(self, style: InvertedStyle) -> int:
+        if self.max_feature_bytes is not None:
+            return self.max_feature_bytes
+        if style.bank is None:
+            return 4 << 30
+        import comfy.model_management
+        return min(4 << 30, comfy.model_management.get_total_memory(style.bank.device) // 4)
+
     def put(self, model_patcher, conditioning, storage: tuple, style: InvertedStyle) -> None:
         key = self._key(model_patcher, conditioning, storage)
-        if key is None or style.feature_bytes > self.max_feature_bytes:
+        budget = self._budget(style)
+        if key is None or style.feature_bytes > budget:
             return
         model, state, condition, storage = key
         self._entries[self._next] = _Entry(weakref.ref(model), state, condition, storage, style)
         self._next += 1
-        self._evict()
-
-    def _evict(self) -> None:
         for number in [n for n, e in self._entries.items() if e.model() is None]:
             del self._entries[number]
         while len(self._entries) > self.max_entries or \
-                sum(e.style.feature_bytes for e in self._entries.values()) > self.max_feature_bytes:
+                sum(e.style.feature_bytes for e in self._entries.values()) > budget:
             self._entries.popitem(last=False)
 
     def clear(self) -> None:
@@ -240,7 +248,7 @@ def _parse_block(text: str) -> tuple:
     return (name, int(number), int(index))
 
 
-def save_style(path: str, style: InvertedStyle, map_image: torch.Tensor | None, model_name: str) -> None:
+def save_style(path: str, style: InvertedStyle, map_image: torch.Tensor | None) -> None:
     """Write ``style`` (and its colour map ``uint8 [H, W, 3]``) to a safetensors file at ``path``."""
     from safetensors.torch import save_file
 
@@ -261,8 +269,7 @@ def save_style(path: str, style: InvertedStyle, map_image: torch.Tensor | None, 
                     tensors[f"grid.{_block_name(block)}.{stream}"] = torch.tensor(grid, dtype=torch.int64)
     metadata = {"format": FILE_FORMAT, "steps": str(style.steps), "storage": style.storage,
                 "blocks": json.dumps(sorted(_block_name(b) for b in style.blocks)),
-                "feature_dtype": "" if style.bank is None else str(style.bank.dtype).replace("torch.", ""),
-                "model": model_name}
+                "feature_dtype": "" if style.bank is None else str(style.bank.dtype).replace("torch.", "")}
     save_file(tensors, path, metadata=metadata)
 
 

@@ -12,6 +12,11 @@ memory/offload, four inversions plus one sampling pass; 9.0 for recompute, which
 four references at every sampling step), ``features_mb`` (what the inversion keeps: the feature
 bank, or the latent trajectories with recompute).
 
+``--reuse SIZE ...``: the cost of a further content with the same style, its style inversion
+reused (SCSAInvert's cache): ``further_over_first`` (the compute floor on a CPU: 3/5 with memory
+storage, as two of the five UNet passes of a run are the style's), ``first_over_plain`` and
+``further_over_plain``; the first storage of ``--storage`` is used.
+
 ``--memory-table``: the features each storage keeps for real SD1.5 and SDXL UNets (ComfyUI's
 own classes, built on the meta device, so no weights are allocated) at 256-1024 px, fp16 (the
 GPU dtype), from the pack's own estimate; then one check of that estimate against a 2-step
@@ -67,6 +72,57 @@ def _features_bytes(inversion) -> int:
     return inversion.bank.nbytes + inversion.trajectory_bytes
 
 
+def whole_run(pack, patcher, semantics, latents: dict, steps: int, storage: str, cache):
+    """SCSAInvert + SCSAApply + SCSAStyleSampler, as the nodes call them; returns the inversion."""
+    inversion = pack.pipeline.invert(patcher, _conditioning(), latents, steps, "auto", storage, cache=cache)
+    model = pack.diffusion_nodes.SCSAApply.execute(
+        model=patcher, semantics=semantics, preset="default", sca_weight=0.8, ssa_weight=0.2,
+        semantic_share=0.3, content_share=0.5, temperature=1.2, gamma=0.75).result[0]
+    pack.pipeline.style_sample(model, inversion, "auto", "official")
+    return inversion
+
+
+def time_reuse(pack, args) -> None:
+    """A further content with the same style: the whole run when the style's inversion is
+    reused from the cache, against the first run (nothing cached) and a plain KSampler run, all
+    interleaved in one process. Each further run gets a new content (its own latents)."""
+    import nodes
+    patcher = tiny_models.build_tiny_sd15_patcher(seed=0, model_channels=args.width)
+    for size in args.reuse:
+        semantics = _semantics(pack.labels, size)
+        style = {name: latent["samples"] for name, latent in _latents(size, seed=0).items() if "style" in name}
+
+        def with_content(seed):
+            contents = {name: latent["samples"] for name, latent in _latents(size, seed=seed).items()
+                        if "content" in name}
+            return dict(contents, **style)
+
+        def plain():
+            return nodes.common_ksampler(patcher, 0, args.steps, 1.0, "ddim", "ddim_uniform",
+                                         _conditioning(), _conditioning(), {"samples": style["style"]})
+
+        plain()  # warm-up
+        times = {"plain": [], "first": [], "further": []}
+        storage = args.storage[0]
+        for repeat in range(args.repeats):
+            cache = pack.style_reuse.StyleCache()
+            times["plain"].append(_timed(plain)[1])
+            first, seconds = _timed(lambda: whole_run(pack, patcher, semantics, with_content(100 + repeat),
+                                                      args.steps, storage, cache))
+            times["first"].append(seconds)
+            further, seconds = _timed(lambda: whole_run(pack, patcher, semantics, with_content(200 + repeat),
+                                                        args.steps, storage, cache))
+            assert first.reused == () and set(further.reused) == {"style"}, (first.reused, further.reused)
+            times["further"].append(seconds)
+        plain_s, first_s, further_s = (statistics.median(times[k]) for k in ("plain", "first", "further"))
+        print(json.dumps({"size": size, "steps": args.steps, "width": args.width, "storage": storage,
+                          "threads": torch.get_num_threads(), "plain_s": round(plain_s, 2),
+                          "first_s": round(first_s, 2), "further_s": round(further_s, 2),
+                          "further_over_first": round(further_s / first_s, 2),
+                          "first_over_plain": round(first_s / plain_s, 2),
+                          "further_over_plain": round(further_s / plain_s, 2)}), flush=True)
+
+
 def time_runs(pack, args) -> None:
     import nodes
     patcher = tiny_models.build_tiny_sd15_patcher(seed=0, model_channels=args.width)
@@ -79,13 +135,9 @@ def time_runs(pack, args) -> None:
                                          _conditioning(), _conditioning(), latents["content"])
 
         def scsa(storage):
-            inversion = pack.pipeline.invert(patcher, _conditioning(), {k: v["samples"] for k, v in latents.items()},
-                                             args.steps, "auto", storage)
-            model = pack.diffusion_nodes.SCSAApply.execute(
-                model=patcher, semantics=semantics, preset="default", sca_weight=0.8, ssa_weight=0.2,
-                semantic_share=0.3, content_share=0.5, temperature=1.2, gamma=0.75).result[0]
-            pack.pipeline.style_sample(model, inversion, "auto", "official")
-            return inversion
+            # cache=None: every run inverts all four latents (reuse is measured by --reuse)
+            return whole_run(pack, patcher, semantics, {k: v["samples"] for k, v in latents.items()},
+                             args.steps, storage, cache=None)
 
         plain()  # warm-up: model load, kernels
         times = {"plain": [], **{storage: [] for storage in args.storage}}
@@ -163,16 +215,21 @@ def main(argv=None) -> None:
     parser.add_argument("--storage", nargs="+", default=["memory", "recompute"],
                         choices=["memory", "offload", "recompute"])
     parser.add_argument("--memory-table", action="store_true")
+    parser.add_argument("--reuse", type=int, nargs="*", default=[], metavar="SIZE",
+                        help="time a further content with the same style (style inversion reused) at these sizes")
     args = parser.parse_args(argv)
 
     runtime = start_comfy(comfyui_path(), Path(tempfile.mkdtemp(prefix="scsa_bench_")))
     runtime.load_pack(REPO)
     pack = SimpleNamespace(**{name: pack_module(path) for name, path in (
         ("pipeline", "nodes/pipeline.py"), ("families", "nodes/families.py"),
-        ("diffusion_nodes", "nodes/diffusion_nodes.py"), ("labels", "scsa_core/labels.py"))})
+        ("diffusion_nodes", "nodes/diffusion_nodes.py"), ("labels", "scsa_core/labels.py"),
+        ("style_reuse", "nodes/style_reuse.py"))})
     with torch.inference_mode():
         if args.sizes:
             time_runs(pack, args)
+        if args.reuse:
+            time_reuse(pack, args)
         if args.memory_table:
             memory_table(pack, args)
 

@@ -146,6 +146,14 @@ def _encode(g: Graph, ckpt, image, pos, title):
     return g.add("VAEEncode", pos, (210, 46), title=title, pixels=image[0], vae=ckpt[2])
 
 
+def _encode_pair(g: Graph, ckpt, content, style, content_map, style_map) -> dict:
+    """VAE Encode of the content, the style and their maps, keyed by SCSAInvert's sockets."""
+    return {"content": _encode(g, ckpt, content, (1060, 60), "Encode content"),
+            "style": _encode(g, ckpt, style, (1060, 150), "Encode style"),
+            "content_map": _encode(g, ckpt, content_map, (1060, 440), "Encode content map"),
+            "style_map": _encode(g, ckpt, style_map, (1060, 530), "Encode style map")}
+
+
 def _scsa_tail(g: Graph, ckpt, empty, latents: dict, semantics, x: float, prefix: str):
     invert = g.add("SCSAInvert", (x, 60), (330, 230), model=ckpt[0], conditioning=empty[0],
                    **{socket: encoded[0] for socket, encoded in latents.items()})
@@ -161,10 +169,7 @@ def scsa_color_maps(name: str = "scsa_sd15_color_maps", checkpoint: str = CHECKP
                     note: str = NOTE_SCSA, prefix: str = "scsa") -> Graph:
     g = Graph(name, view=(0.75, (20.0, 20.0)))
     ckpt, empty, content, style, content_map, style_map = _model_and_images(g, "color", checkpoint)
-    latents = {"content": _encode(g, ckpt, content, (1060, 60), "Encode content"),
-               "style": _encode(g, ckpt, style, (1060, 150), "Encode style"),
-               "content_map": _encode(g, ckpt, content_map, (1060, 440), "Encode content map"),
-               "style_map": _encode(g, ckpt, style_map, (1060, 530), "Encode style map")}
+    latents = _encode_pair(g, ckpt, content, style, content_map, style_map)
     pair = g.add("SCSASemanticPair", (1060, 640), (420, 360), content_map=content_map[0],
                  style_map=style_map[0])
     _scsa_tail(g, ckpt, empty, latents, pair, 1520, prefix)
@@ -198,10 +203,7 @@ def scsa_masks() -> Graph:
                  for i, (region, colour) in enumerate(REGION_COLOURS.items())]
         batches.append(g.add("SCSAMaskBatch", (740, y), (280, 230), title=f"{side.capitalize()} masks",
                              **{f"mask_{i + 1}": m[0] for i, m in enumerate(masks)}))
-    latents = {"content": _encode(g, ckpt, content, (1060, 60), "Encode content"),
-               "style": _encode(g, ckpt, style, (1060, 150), "Encode style"),
-               "content_map": _encode(g, ckpt, content_map, (1060, 440), "Encode content map"),
-               "style_map": _encode(g, ckpt, style_map, (1060, 530), "Encode style map")}
+    latents = _encode_pair(g, ckpt, content, style, content_map, style_map)
     pair = g.add("SCSASemanticFromMasks", (1060, 870), (420, 360), content_masks=batches[0][0],
                  style_masks=batches[1][0])
     _scsa_tail(g, ckpt, empty, latents, pair, 1520, "scsa_masks")
@@ -220,12 +222,9 @@ def scsa_two_styles() -> Graph:
     style2 = g.add("LoadImage", (400, 820), (300, 330), title="Style image 2", image=File(IMAGES["style2"]))
     style2_map = g.add("SCSALoadSemanticMap", (720, 820), (300, 330), title="Style 2 semantic map",
                        image=File(IMAGES["style2_map"]))
-    latents = {"content": _encode(g, ckpt, content, (1060, 60), "Encode content"),
-               "style": _encode(g, ckpt, style, (1060, 150), "Encode style"),
-               "content_map": _encode(g, ckpt, content_map, (1060, 440), "Encode content map"),
-               "style_map": _encode(g, ckpt, style_map, (1060, 530), "Encode style map"),
-               "style_2": _encode(g, ckpt, style2, (1060, 820), "Encode style 2"),
-               "style_map_2": _encode(g, ckpt, style2_map, (1060, 910), "Encode style 2 map")}
+    latents = dict(_encode_pair(g, ckpt, content, style, content_map, style_map),
+                   style_2=_encode(g, ckpt, style2, (1060, 820), "Encode style 2"),
+                   style_map_2=_encode(g, ckpt, style2_map, (1060, 910), "Encode style 2 map"))
     pair = g.add("SCSASemanticPair", (1060, 1010), (420, 420), content_map=content_map[0],
                  style_map=style_map[0], style_map_2=style2_map[0], sources=f"#{REGION_COLOURS['sky']:06x}: 2")
     _scsa_tail(g, ckpt, empty, latents, pair, 1520, "scsa_two_styles")
