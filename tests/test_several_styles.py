@@ -280,3 +280,25 @@ def test_the_feedforward_nodes_refuse_several_styles(comfy, two_style_images):
     semantics = labels_from_color_map_set(_map(8, 8, [(SKY, 8)]), [_map(8, 8, [(SKY, 8)])] * 2)
     with pytest.raises(ValueError, match="feed-forward networks take one style image"):
         feedforward.run_stylize(None, None, None, semantics, "default", None, 256, "content")
+
+
+def test_styles_of_other_sizes_give_the_same_image_with_every_storage(comfy, tiny_checkpoint, two_style_images):
+    """Style 2 smaller than the content: it is inverted in its own batch, and with recompute
+    storage re-recorded one step ahead while style 1 rides in the sampling batch."""
+    folder = comfy.folder_paths.get_input_directory()
+    names = dict(two_style_images)
+    for role in ("style2", "style2_map"):
+        picture = Image.open(os.path.join(folder, names[role]))
+        picture.resize((SIZE * 3 // 4, SIZE // 2), Image.NEAREST if role.endswith("map") else Image.BICUBIC).save(
+            os.path.join(folder, f"small_{names[role]}"))
+        names[role] = f"small_{names[role]}"
+    latents = {}
+    for storage in ("memory", "recompute"):
+        result = comfy.run_prompt(two_style_prompt(tiny_checkpoint.name, names, storage=storage),
+                                  outputs=["sample", "invert"])
+        inversion = result["invert"][0]
+        assert len(inversion.batches) == 2 and inversion.storage == storage
+        latents[storage] = _latent(result)
+    assert torch.isfinite(latents["memory"]).all()
+    assert torch.allclose(latents["recompute"], latents["memory"], rtol=1e-5, atol=1e-6), \
+        (latents["recompute"] - latents["memory"]).abs().max()
