@@ -53,7 +53,7 @@ API_DIR = OUT_DIR / "api"
 # folder (nodes/example_inputs.py), so a template runs as soon as it is opened.
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
-IMAGES = dict(examples.ROLE_FILES, style2=examples.file_name("style2"), style2_map=examples.file_name("style2", True))
+IMAGES = dict(examples.ROLE_FILES, style_2=examples.file_name("style2"), style_map_2=examples.file_name("style2", True))
 # Region -> colour of the example maps as ImageColorToMask takes it (0xRRGGBB, matched exactly).
 REGION_COLOURS = {name: (r << 16) | (g << 8) | b for name, (r, g, b) in examples.REGIONS.items()}
 
@@ -219,9 +219,9 @@ def scsa_two_styles() -> Graph:
     """One content, two style images: each region takes its style from the styles whose map has it."""
     g = Graph("scsa_two_styles", view=(0.6, (20.0, 20.0)))
     ckpt, empty, content, style, content_map, style_map = _model_and_images(g, "color")
-    style2 = g.add("LoadImage", (400, 820), (300, 330), title="Style image 2", image=File(IMAGES["style2"]))
+    style2 = g.add("LoadImage", (400, 820), (300, 330), title="Style image 2", image=File(IMAGES["style_2"]))
     style2_map = g.add("SCSALoadSemanticMap", (720, 820), (300, 330), title="Style 2 semantic map",
-                       image=File(IMAGES["style2_map"]))
+                       image=File(IMAGES["style_map_2"]))
     latents = dict(_encode_pair(g, ckpt, content, style, content_map, style_map),
                    style_2=_encode(g, ckpt, style2, (1060, 820), "Encode style 2"),
                    style_map_2=_encode(g, ckpt, style2_map, (1060, 910), "Encode style 2 map"))

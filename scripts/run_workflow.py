@@ -16,7 +16,9 @@ from the runtime of scripts/setup.sh (or COMFYUI_PATH) and stopped at the end.
 Images: the workflow's image loaders are matched by their file name (scsa_example_content.png,
 scsa_example_style.png, scsa_example_content_map.png, scsa_example_style_map.png) or title
 ("Content image", "Style semantic map", ...) and given the files from --content/--style/
---content-map/--style-map, uploaded through /upload/image. --pairs DIR runs every pair found in
+--content-map/--style-map (and --style-2/--style-map-2 ... --style-4/--style-map-4 for a workflow
+with several style images, e.g. workflows/scsa_two_styles.json: "Style image 2", "Style 2
+semantic map"), uploaded through /upload/image. --pairs DIR runs every pair found in
 DIR: <name>.jpg (content), <name>_paint.jpg (style), <name>_sem.png and <name>_paint_sem.png
 (their maps), in DIR or its sub-folders. Style and maps are resized to the content's size (maps
 without interpolation). Without images, the example inputs the repository ships are used
@@ -43,6 +45,7 @@ import argparse
 import io
 import json
 import mimetypes
+import re
 import shutil
 import subprocess
 import sys
@@ -59,14 +62,18 @@ if str(REPO_ROOT) not in sys.path:
 
 from scripts import comfyui_runtime as rt  # noqa: E402
 from scripts import make_example_inputs as examples  # noqa: E402
+from scripts import make_workflows  # noqa: E402
 from scripts import tiny_models  # noqa: E402
 from scripts.workflow_format import WorkflowError, is_ui_workflow, ui_to_api  # noqa: E402
 
 DEFAULT_WORKFLOW = REPO_ROOT / "workflows" / "scsa_sd15_color_maps.json"
 DEFAULT_OUT = REPO_ROOT / "outputs"
 DEFAULT_JOB = "example"
-ROLES = ("content", "style", "content_map", "style_map")
-ROLE_FILES = dict(examples.ROLE_FILES)     # the file names the example workflows' loaders hold
+# Styles 2-4 for the several-styles workflows (scsa_two_styles): --style-2, --style-map-2, ...
+MORE_STYLE_ROLES = tuple(role for n in range(2, 5) for role in (f"style_{n}", f"style_map_{n}"))
+ROLES = ("content", "style", "content_map", "style_map") + MORE_STYLE_ROLES
+# the file names the example workflows' loaders hold
+ROLE_FILES = dict(make_workflows.IMAGES)
 IMAGE_LOADERS = ("LoadImage", "SCSALoadSemanticMap")
 TINY_SIZE, TINY_STEPS = 64, 8     # random weights: keep the demo run short
 CKPT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
@@ -265,9 +272,13 @@ def image_roles(prompt: dict) -> dict[str, str]:
         else:
             title = node.get("_meta", {}).get("title", "").lower()
             is_map = "map" in title or "semantic" in title or node["class_type"] == "SCSALoadSemanticMap"
+            number = re.search(r"\b([2-4])\b", title)
             for side in ("content", "style"):
                 if side in title:
-                    by_title.setdefault(f"{side}_map" if is_map else side, node_id)
+                    role = f"{side}_map" if is_map else side
+                    if side == "style" and number:   # "Style image 2", "Style 2 semantic map"
+                        role = f"{role}_{number.group(1)}"
+                    by_title.setdefault(role, node_id)
     for role, node_id in by_title.items():
         if role not in roles and node_id not in roles.values():
             roles[role] = node_id
@@ -295,8 +306,11 @@ def prepare_images(files: dict[str, Path], size: int | None, own_style_size: boo
         return (w, h)
 
     targets = dict.fromkeys(images, scaled(images["content"])) if "content" in images else {}
-    if own_style_size and "style" in images:
-        targets.update(dict.fromkeys(("style", "style_map"), scaled(images["style"])))
+    if own_style_size:
+        for style in ("style",) + MORE_STYLE_ROLES[::2]:
+            if style in images:
+                map_role = "style_map" if style == "style" else style.replace("style_", "style_map_")
+                targets.update(dict.fromkeys((style, map_role), scaled(images[style])))
     out = {}
     for role, img in images.items():
         target = targets.get(role)
@@ -450,6 +464,8 @@ def check_jobs(jobs: list[tuple[str, dict[str, Path]]], roles: dict[str, str], a
             raise RunError(f"the workflow needs {', '.join(missing)} too: pass "
                            + " ".join(f"--{m.replace('_', '-')} IMG" for m in missing))
     unused = sorted(set(jobs[0][1]) - set(roles) - ({"content_map"} if a.contents else set()))
+    if jobs[0][0] == DEFAULT_JOB:   # the example images: a workflow uses the ones it loads
+        unused = [role for role in unused if role not in MORE_STYLE_ROLES]
     if unused and not a.pairs:
         log(f"note: this workflow has no {', '.join(unused)} input; ignoring it")
 
