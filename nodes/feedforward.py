@@ -34,6 +34,7 @@ from comfy_api.latest import io
 from ..scsa_core.feedforward import (PRESETS, SCSAWeights, WeightsError, build_model, parts_from_combined,
                                      parts_from_files, stylize, working_size)
 from ..scsa_core.feedforward.stylize import OUTPUT_SIZES, progress_total
+from .model_folders import register_model_folder
 from .semantic_nodes import Semantics
 
 CATEGORY = "SCSA"
@@ -51,19 +52,7 @@ _CACHE_SIZE = 2   # loaded sets kept between prompts (the executor's own cache k
 _CACHE: OrderedDict = OrderedDict()
 
 
-def register_model_folder() -> None:
-    """``models/style_transfer`` for weight sets, after any ``extra_model_paths.yaml`` entries.
-
-    ComfyUI registers the yaml's folders before custom nodes load, with an empty extension set
-    (which would list every file); this adds the default folder and the weight extensions.
-    """
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    folder_paths.add_model_folder_path(FOLDER, default)
-    paths, extensions = folder_paths.folder_names_and_paths[FOLDER]
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(extensions) | set(folder_paths.supported_pt_extensions))
-
-
-register_model_folder()
+register_model_folder(FOLDER, folder_paths.supported_pt_extensions)
 
 
 def _is_weight_file(name: str) -> bool:

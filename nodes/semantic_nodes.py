@@ -90,10 +90,10 @@ def pair_preview(semantics: SemanticLabels, gap: int = 8) -> torch.Tensor:
     rows = [[content] + styles]
     if semantics.num_styles > 1 or semantics.sources is not None:
         lends = semantics.lends
+        faded = ((content.int() + 3 * 255) // 4).to(torch.uint8)
         drawn = []
         for style in range(semantics.num_styles):
             keep = torch.cat([torch.zeros(1, dtype=torch.bool), lends[style]])[semantics.content + 1]
-            faded = ((content.int() + 3 * 255) // 4).to(torch.uint8)
             drawn.append(torch.where(keep[..., None], content, faded))
         rows.append([None] + drawn)
     return _to_image(_panels(rows, gap))
@@ -111,7 +111,7 @@ def parse_sources(text: str, semantics: SemanticLabels) -> torch.Tensor | None:
         return None
     palette = semantics.palette.int()
     sources = torch.ones(semantics.num_styles, semantics.num_labels, dtype=torch.bool)
-    present = semantics.lends if semantics.sources is None else semantics.with_sources(None).lends
+    present = semantics.with_sources(None).lends   # which style has which region
     for entry in entries:
         match = _SOURCE_ENTRY.match(entry)
         if not match:

@@ -19,6 +19,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from .diffusion_nodes import Inversion
+from .model_folders import register_model_folder
 from .semantic_nodes import CATEGORY, _image_to_rgb, _to_image
 from .style_reuse import MISSING_MAP_KEY, SAVED_STYLE_KEY, load_style, save_style
 
@@ -27,14 +28,7 @@ log = logging.getLogger("scsa")
 FOLDER = "scsa_styles"
 
 
-def register_style_folder() -> None:
-    """``models/scsa_styles`` (after any ``extra_model_paths.yaml`` entries), safetensors only."""
-    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
-    paths, _ = folder_paths.folder_names_and_paths[FOLDER]
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, {".safetensors"})
-
-
-register_style_folder()
+register_model_folder(FOLDER, {".safetensors"})
 
 
 class SCSASaveStyleInversion(io.ComfyNode):
@@ -70,7 +64,7 @@ class SCSASaveStyleInversion(io.ComfyNode):
         map_rgb = None if style_map_image is None else torch.from_numpy(
             _image_to_rgb(style_map_image, "style_map_image").copy())
         base = folder_paths.get_folder_paths(FOLDER)[0]
-        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, base)
+        folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, base)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{name}_{counter:05}.safetensors")
         save_style(path, part, map_rgb)
@@ -101,7 +95,7 @@ class SCSALoadStyleInversion(io.ComfyNode):
         if path is None:
             raise ValueError(f"style_file: {style_file!r} is not in the {FOLDER} folders "
                              f"({', '.join(folder_paths.get_folder_paths(FOLDER))})")
-        style, map_rgb, _ = load_style(path)
+        style, map_rgb = load_style(path)
         style_latent = {"samples": style.latent, SAVED_STYLE_KEY: style}
         if style.map_latent is not None:
             map_latent = {"samples": style.map_latent}

@@ -59,10 +59,6 @@ class InvertedStyle:
     storage: str
 
     @property
-    def streams(self) -> tuple[str, ...]:
-        return ("style",) if self.map_latent is None else ("style", "style_map")
-
-    @property
     def feature_bytes(self) -> int:
         return 0 if self.bank is None else self.bank.nbytes
 
@@ -180,8 +176,6 @@ class StyleCache:
         self.max_feature_bytes = max_feature_bytes
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._next = 0
-        self.hits = 0
-        self.misses = 0
 
     def _key(self, model_patcher, conditioning, storage: tuple):
         state = ModelState.of(model_patcher)
@@ -200,9 +194,7 @@ class StyleCache:
                         and all(_same_tensor(a, b) for a, b in zip(entry.conditioning, condition))
                         and style.matches(latent, map_latent)):
                     self._entries.move_to_end(number)
-                    self.hits += 1
                     return style
-        self.misses += 1
         return None
 
     def _budget(self, style: InvertedStyle) -> int:
@@ -273,8 +265,8 @@ def save_style(path: str, style: InvertedStyle, map_image: torch.Tensor | None) 
     save_file(tensors, path, metadata=metadata)
 
 
-def load_style(path: str) -> tuple[InvertedStyle, torch.Tensor | None, dict]:
-    """Read a file :func:`save_style` wrote: ``(style, map image or None, metadata)``."""
+def load_style(path: str) -> tuple[InvertedStyle, torch.Tensor | None]:
+    """Read a file :func:`save_style` wrote: ``(style, its colour map uint8 [H, W, 3] or None)``."""
     from safetensors import safe_open
 
     with safe_open(path, framework="pt", device="cpu") as file:
@@ -302,7 +294,7 @@ def load_style(path: str) -> tuple[InvertedStyle, torch.Tensor | None, dict]:
                 grid = tensors.get(f"grid.{_block_name(block)}.{stream}")
                 bank.record(int(t), block, x, streams=[stream], grid=None if grid is None else tuple(grid.tolist()))
     style = InvertedStyle(tensors["latent"], tensors.get("map_latent"), trajectory, bank, steps, blocks, storage)
-    return style, tensors.get("map_image"), metadata
+    return style, tensors.get("map_image")
 
 
 def with_device(style: InvertedStyle, device: torch.device, dtype: torch.dtype) -> InvertedStyle:

@@ -13,7 +13,8 @@ from scripts import make_example_inputs as examples
 from scripts.comfy_inprocess import PromptError, pack_module
 from scsa_core.adain import region_mean_std, semantic_adain
 from scsa_core.attention import pair_labels, semantic_continuous_attention, semantic_sparse_attention
-from scsa_core.labels import labels_from_color_map_set, labels_from_color_maps, labels_from_mask_set
+from scsa_core.labels import (label_color_maps, labels_from_color_map_set, labels_from_color_maps,
+                              labels_from_mask_set)
 
 SIZE = 64
 STEPS = 4
@@ -45,12 +46,18 @@ def _label(semantics, colour) -> int:
 
 
 def test_one_style_map_labels_exactly_as_a_pair(three_maps):
+    """The pair labelling (now the one-style case of the set) is the joint labelling of the two
+    maps and nothing more: same labels and palette as ``label_color_maps``, no extra styles."""
     content, style_1, _ = three_maps
     pair = labels_from_color_maps(content, style_1)
-    single = labels_from_color_map_set(content, [style_1])
-    for field in ("content", "style", "palette", "matched", "content_colors", "style_colors"):
-        assert torch.equal(getattr(pair, field), getattr(single, field)), field
-    assert single.num_styles == 1 and single.sources is None
+    (content_labels, style_labels), palette = label_color_maps({"content map": content, "style map": style_1})
+    assert torch.equal(pair.content, content_labels) and torch.equal(pair.style, style_labels)
+    assert torch.equal(pair.palette, palette)
+    assert torch.equal(pair.matched, torch.tensor([bool((content_labels == label).any() and (style_labels == label).any())
+                                                   for label in range(len(palette))]))
+    assert torch.equal(pair.content_colors, torch.from_numpy(content)) and \
+        torch.equal(pair.style_colors, torch.from_numpy(style_1))
+    assert pair.num_styles == 1 and pair.more_styles == () and pair.sources is None
 
 
 def test_labels_are_found_jointly_over_every_map(three_maps):
@@ -104,8 +111,6 @@ def test_a_token_attends_only_to_same_label_tokens_of_the_styles_that_lend_it(th
     query, key, value = _features(len(content_labels), seed=1), _features(len(style_labels), seed=2), \
         _features(len(style_labels), seed=3)
     _, picked = semantic_sparse_attention(query, key, value, pairing, heads=2, return_index=True)
-    raw_style = torch.cat([semantics.style_labels_at(i, *g).flatten() for i, g in
-                           enumerate(grids)]) if not chosen else None
     for label in (sky, meadow, mountains):
         rows = content_labels == label
         keys = picked[0][:, rows].flatten()
@@ -116,8 +121,6 @@ def test_a_token_attends_only_to_same_label_tokens_of_the_styles_that_lend_it(th
             assert (keys < first).all()
         if label == sky:
             assert ((keys >= first).all() if chosen else (keys < first).any() and (keys >= first).any())
-    if raw_style is not None:
-        assert torch.equal(raw_style, style_labels)
     # SCA: changing the values of other labels' tokens (or of a style that may not lend the
     # label) leaves a region's output exactly as it was.
     output = semantic_continuous_attention(query, key, value, pairing, heads=2)
@@ -275,7 +278,7 @@ def test_several_styles_mistakes_get_a_clear_error(comfy, tiny_checkpoint, two_s
         comfy.run_prompt(prompt, outputs=["sample"])
 
 
-def test_the_feedforward_nodes_refuse_several_styles(comfy, two_style_images):
+def test_the_feedforward_nodes_refuse_several_styles(comfy):
     feedforward = pack_module("nodes/feedforward.py")
     semantics = labels_from_color_map_set(_map(8, 8, [(SKY, 8)]), [_map(8, 8, [(SKY, 8)])] * 2)
     with pytest.raises(ValueError, match="feed-forward networks take one style image"):

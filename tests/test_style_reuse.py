@@ -9,8 +9,8 @@ import torch
 from safetensors import safe_open
 
 from scripts.comfy_inprocess import PromptError, pack_module
-from test_several_styles import SIZE, two_style_prompt  # noqa: F401  (fixture below)
-from test_several_styles import two_style_images  # noqa: F401
+from test_several_styles import two_style_images  # noqa: F401  (a fixture, used by name)
+from test_several_styles import two_style_prompt
 
 
 def _other_content(comfy, names: dict) -> dict:
