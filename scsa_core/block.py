@@ -158,6 +158,13 @@ def _check_strength(strength: float, plain_projected: torch.Tensor | None) -> No
                          "pass plain_projected")
 
 
+def _add_plain_share(hidden: torch.Tensor, strength: float,
+                     plain_projected: torch.Tensor | None) -> torch.Tensor:
+    """``hidden + (1 - s) O_plain``. At full strength nothing is added (and ``plain_projected``
+    may be None), so ``s = 1`` is computed exactly as the papers' injection."""
+    return hidden if strength == 1.0 else hidden + (1.0 - strength) * plain_projected
+
+
 def fuse(x_t: torch.Tensor, sca_projected: torch.Tensor, ssa_projected: torch.Tensor,
          params: SCSAParams, strength: float = 1.0,
          plain_projected: torch.Tensor | None = None) -> torch.Tensor:
@@ -168,10 +175,10 @@ def fuse(x_t: torch.Tensor, sca_projected: torch.Tensor, ssa_projected: torch.Te
     ``s < 1``). At ``s = 1`` this is ``x_t + t1 O1 + t2 O2``, computed exactly as the papers'.
     """
     _check_strength(strength, plain_projected)
-    if strength == 1.0:
-        return x_t + params.sca_weight * sca_projected + params.ssa_weight * ssa_projected
-    return (x_t + (strength * params.sca_weight) * sca_projected
-            + (strength * params.ssa_weight) * ssa_projected + (1.0 - strength) * plain_projected)
+    # strength * weight is the weight itself at s = 1 (multiplying by 1.0 is exact)
+    hidden = (x_t + (strength * params.sca_weight) * sca_projected
+              + (strength * params.ssa_weight) * ssa_projected)
+    return _add_plain_share(hidden, strength, plain_projected)
 
 
 def inject(layers: BlockLayers, x_t: torch.Tensor, terms: ReferenceTerms, heads: int,
@@ -221,6 +228,7 @@ def styleid_inject(layers: BlockLayers, x_t: torch.Tensor, terms: StyleIDTerms, 
     query = layers.to_q(layers.norm1(x_t))
     attention = styleid_attention(query, terms.content_query, terms.style_key, terms.style_value, heads,
                                   gamma, temperature)
-    if strength == 1.0:
-        return x_t + layers.to_out(attention)
-    return x_t + strength * layers.to_out(attention) + (1.0 - strength) * plain_projected
+    injected = layers.to_out(attention)
+    if strength != 1.0:
+        injected = strength * injected
+    return _add_plain_share(x_t + injected, strength, plain_projected)

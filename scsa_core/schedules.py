@@ -151,6 +151,11 @@ def ddim_sample(eps_fn: EpsFn, x_start: torch.Tensor, schedule: SamplingSchedule
 _EDGE_SLACK = 1e-6
 
 
+def _check_schedule(schedule: str) -> None:
+    if schedule not in STRENGTH_SCHEDULES:
+        raise ValueError(f"strength_schedule must be one of {STRENGTH_SCHEDULES}, got {schedule!r}")
+
+
 def strength_factor(schedule: str, progress: float) -> float:
     """The factor ``f(p)`` that scales injection at ``progress`` ``p`` in ``[0, 1]`` of the window.
 
@@ -158,8 +163,7 @@ def strength_factor(schedule: str, progress: float) -> float:
     ``linear``: ``f = 1 - p``; ``cosine``: ``f = (1 + cos(pi p)) / 2``. Both decays start at 1
     and reach 0 at ``p = 1``; cosine stays near 1 longer, then falls faster.
     """
-    if schedule not in STRENGTH_SCHEDULES:
-        raise ValueError(f"strength_schedule must be one of {STRENGTH_SCHEDULES}, got {schedule!r}")
+    _check_schedule(schedule)
     if not 0.0 <= progress <= 1.0:
         raise ValueError(f"progress must be in [0, 1], got {progress}")
     if schedule == "constant":
@@ -207,8 +211,7 @@ def injection_strengths(steps: int, start: float = 0.0, end: float = 1.0,
     every injected step. What a strength does to SCSA and StyleID: ``scsa_core.block``
     (:func:`~scsa_core.block.fuse`, :func:`~scsa_core.block.styleid_inject`).
     """
-    if schedule not in STRENGTH_SCHEDULES:
-        raise ValueError(f"strength_schedule must be one of {STRENGTH_SCHEDULES}, got {schedule!r}")
+    _check_schedule(schedule)
     window = injected_steps(steps, start, end)
     strengths = [0.0] * steps
     for k, index in enumerate(window):
@@ -227,9 +230,7 @@ class InjectionTiming:
 
     def __post_init__(self):
         _check_window(self.start, self.end)
-        if self.strength_schedule not in STRENGTH_SCHEDULES:
-            raise ValueError(f"strength_schedule must be one of {STRENGTH_SCHEDULES}, "
-                             f"got {self.strength_schedule!r}")
+        _check_schedule(self.strength_schedule)
 
     @property
     def is_default(self) -> bool:
