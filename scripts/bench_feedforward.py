@@ -2,13 +2,17 @@
 """Benchmark: SANet+SCSA and StyTr2+SCSA against the same network without semantics.
 
     python scripts/bench_feedforward.py [--variants sanet stytr2] [--sizes 512x512 1024x1024 768x512]
-                                        [--repeats 5] [--device cpu|cuda] [--no-memory] [--no-warmup]
+                                        [--batch 1] [--repeats 5] [--device cpu|cuda] [--no-memory]
+                                        [--no-warmup]
 
 Prints one JSON object per (variant, size) on its own line:
   variant, width, height       the content (= style) size, run at that working size
+  batch                        content images per call, all with the one style (a batch reuses
+                               the style side: its features, and for SANet SCA and the pairing)
   scsa_s, plain_s              medians over interleaved repeats (SCSA first on odd repeats, plain
                                first on even ones) of a whole ``stylize`` call: resize, labels,
                                the network, clamp; plain = the same network without semantics
+  scsa_image_s, plain_image_s  the same per content image (divided by batch)
   ratio                        scsa_s / plain_s
   peak_mb, plain_peak_mb       memory of one call beyond what the loaded model and inputs hold:
                                CUDA allocator peak on a GPU; on the CPU the peak resident-set
@@ -52,9 +56,9 @@ def _model(variant: str, device: str):
     return model.requires_grad_(False).eval().to(device)
 
 
-def _inputs(width: int, height: int):
+def _inputs(width: int, height: int, batch: int = 1):
     g = torch.Generator().manual_seed(1)
-    content = torch.rand(1, height, width, 3, generator=g)
+    content = torch.rand(batch, height, width, 3, generator=g)
     style = torch.rand(1, height, width, 3, generator=g)
     bands = torch.zeros(LABELS, height, width)
     for i in range(LABELS):
@@ -77,11 +81,11 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
 
 
-def memory_probe(variant: str, size: str, mode: str, device: str) -> float:
+def memory_probe(variant: str, size: str, mode: str, device: str, batch: int = 1) -> float:
     """Peak memory (MB) of one call beyond the loaded model and inputs, in this fresh process."""
     width, height = _parse_size(size)
     model = _model(variant, device)
-    content, style, semantics = _inputs(width, height)
+    content, style, semantics = _inputs(width, height, batch)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -95,19 +99,20 @@ def memory_probe(variant: str, size: str, mode: str, device: str) -> float:
     return peak - base
 
 
-def _probe_in_subprocess(variant: str, size: str, mode: str, device: str) -> float | None:
-    result = subprocess.run([sys.executable, __file__, "--memory-probe", variant, size, mode, "--device", device],
-                            capture_output=True, text=True)
+def _probe_in_subprocess(variant: str, size: str, mode: str, device: str, batch: int) -> float | None:
+    result = subprocess.run([sys.executable, __file__, "--memory-probe", variant, size, mode, "--device", device,
+                             "--batch", str(batch)], capture_output=True, text=True)
     if result.returncode != 0:
         print(f"memory probe {variant} {size} {mode} failed:\n{result.stderr}", file=sys.stderr)
         return None
     return float(result.stdout.strip().splitlines()[-1])
 
 
-def bench(variant: str, size: str, repeats: int, device: str, memory: bool, warmup: bool = True) -> dict:
+def bench(variant: str, size: str, repeats: int, device: str, memory: bool, warmup: bool = True,
+          batch: int = 1) -> dict:
     width, height = _parse_size(size)
     model = _model(variant, device)
-    content, style, semantics = _inputs(width, height)
+    content, style, semantics = _inputs(width, height, batch)
     runs = {"scsa": semantics, "plain": None}
     for sem in runs.values() if warmup else ():   # allocator, kernels
         _call(model, content, style, sem, width, height)
@@ -121,11 +126,12 @@ def bench(variant: str, size: str, repeats: int, device: str, memory: bool, warm
             _sync(device)
             times[mode].append(time.perf_counter() - start)
     scsa_s, plain_s = statistics.median(times["scsa"]), statistics.median(times["plain"])
-    line = {"variant": variant, "width": width, "height": height, "scsa_s": round(scsa_s, 3),
-            "plain_s": round(plain_s, 3), "ratio": round(scsa_s / plain_s, 3)}
+    line = {"variant": variant, "width": width, "height": height, "batch": batch, "scsa_s": round(scsa_s, 3),
+            "plain_s": round(plain_s, 3), "scsa_image_s": round(scsa_s / batch, 3),
+            "plain_image_s": round(plain_s / batch, 3), "ratio": round(scsa_s / plain_s, 3)}
     if memory:
-        scsa_mb = _probe_in_subprocess(variant, size, "scsa", device)
-        plain_mb = _probe_in_subprocess(variant, size, "plain", device)
+        scsa_mb = _probe_in_subprocess(variant, size, "scsa", device, batch)
+        plain_mb = _probe_in_subprocess(variant, size, "plain", device, batch)
         line["peak_mb"] = None if scsa_mb is None else round(scsa_mb, 1)
         line["plain_peak_mb"] = None if plain_mb is None else round(plain_mb, 1)
     line.update(repeats=repeats, warmup=warmup, threads=torch.get_num_threads(), device=device, labels=LABELS,
@@ -137,6 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=["sanet", "stytr2"], choices=["sanet", "stytr2"])
     parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="WIDTHxHEIGHT")
+    parser.add_argument("--batch", type=int, default=1, help="content images per call (one style)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-call memory probes")
@@ -144,12 +151,12 @@ def main() -> None:
     parser.add_argument("--memory-probe", nargs=3, metavar=("VARIANT", "SIZE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
-        print(memory_probe(*args.memory_probe, args.device))
+        print(memory_probe(*args.memory_probe, args.device, args.batch))
         return
     for variant in args.variants:
         for size in args.sizes:
             print(json.dumps(bench(variant, size, args.repeats, args.device, not args.no_memory,
-                                        not args.no_warmup)), flush=True)
+                                   not args.no_warmup, args.batch)), flush=True)
 
 
 if __name__ == "__main__":

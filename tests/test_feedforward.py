@@ -291,6 +291,45 @@ def test_batches_and_progress(models, variant):
     assert len(calls) == (2 + 2 if variant == "sanet" else 1 + 3), calls
 
 
+def test_sanet_batch_computes_the_style_side_once(models, monkeypatch):
+    """One style for a batch: each level's pairing and SCA are computed for the first image only
+    (a cache that misses would compute them per image), and every image comes out as it would
+    alone; the cached SCA of a later image is the uncached one."""
+    import scsa_core.feedforward.sanet as sanet
+    from scsa_core.feedforward.stylize import _GridLabels, resize_images, semantic_images
+    model = models["sanet"]
+    content, style = _random_image(32, 48, 11, batch=3), _random_image(32, 32, 12)
+    semantics = _semantics((32, 48), (32, 32))
+    calls = {"pair_labels": 0, "semantic_continuous_attention": 0}
+    for name in calls:
+        original = getattr(sanet, name)
+        monkeypatch.setattr(sanet, name, lambda *a, _name=name, _original=original, **k:
+                            calls.__setitem__(_name, calls[_name] + 1) or _original(*a, **k))
+    batch = stylize(model, content, style, semantics, size=48)
+    assert calls == {"pair_labels": 2, "semantic_continuous_attention": 2}, calls   # two levels
+    for index in range(3):
+        single = stylize(model, content[index:index + 1], style, semantics, size=48)
+        torch.testing.assert_close(batch.image[index:index + 1], single.image)
+
+    maps = [resize_images(m, *hw) for m, hw in zip(semantic_images(semantics), ((32, 48), (32, 32)))]
+    images = [x.permute(0, 3, 1, 2) for x in (content, style)]
+    cache, traces = {}, []
+    with torch.no_grad():
+        for index in range(3):
+            traces.append({})
+            model.forward_scsa(images[0][index:index + 1], images[1], *maps, _GridLabels(semantics, "default"),
+                               trace=traces[-1], reference_cache=cache)
+        alone = {}
+        model.forward_scsa(images[0][2:], images[1], *maps, _GridLabels(semantics, "default"), trace=alone)
+    assert {key[:2] for key in cache if key[0] == "style_side"} == {("style_side", "4_1"), ("style_side", "5_1")}
+    for key in ("sca_4_1", "sca_5_1"):
+        torch.testing.assert_close(traces[2][key], alone[key])
+    # A later image's VGG runs without the content map beside it: float rounding differs
+    for key in ("fused_4_1", "fused_5_1", "output_raw"):
+        torch.testing.assert_close(traces[2][key], alone[key], rtol=1e-4, atol=1e-4)
+    assert torch.equal(traces[2]["sca_5_1"], traces[0]["sca_5_1"])   # the first image's, reused
+
+
 def test_working_size_and_input_errors(models):
     assert working_size(600, 800, 512, 16, "default") == (384, 512)
     assert working_size(600, 800, 512, 8, "official") == (512, 512)

@@ -21,6 +21,7 @@ applies the output conv, bias included, to each branch).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -28,15 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adain import instance_normalize, semantic_adain
-from ..attention import (pair_labels, plain_attention, semantic_continuous_attention,
+from ..attention import (LabelPairing, pair_labels, plain_attention, semantic_continuous_attention,
                          semantic_sparse_attention)
 from .cnn_decoder import CNNDecoder
 from .common import (LabelsAt, SCSAWeights, Trace, check_map_sizes, conv1x1_tokens, flat_labels, record,
                      to_feature_map, to_tokens)
 from .vgg import VGGEncoder
 
-__all__ = ["SANetModule", "SANetTransform", "SANetModel", "sanet_transformer_key_shapes",
-           "SANET_DEFAULT_WEIGHTS", "SANET_LEVELS"]
+__all__ = ["SANetModule", "SANetStyleSide", "SANetTransform", "SANetModel", "scsa_branches",
+           "sanet_transformer_key_shapes", "SANET_DEFAULT_WEIGHTS", "SANET_LEVELS"]
 
 CHANNELS = 512
 SANET_LEVELS = ("4_1", "5_1")           # relu4_1 (1/8 resolution) and relu5_1 (1/16)
@@ -86,26 +87,50 @@ class SANetModule(nn.Module):
         ``[1, M, C]`` (VGG features of the semantic maps at this level); content_labels:
         ``int64 [N]``, style_labels: ``int64 [M]`` (-1 = no label) -> ``[B, N, C]``.
         """
-        restyled = semantic_adain(content, style, content_labels, style_labels)
-        record(trace, f"sadain_{level}", restyled)
-        pairing = pair_labels(content_labels, style_labels)
+        side = self.style_side(style, content_sem, style_sem, content_labels, style_labels,
+                               *scsa_branches(weights, trace))
+        return self.scsa_with_side(content, side, weights, trace, level)
+
+    def style_side(self, style: torch.Tensor, content_sem: torch.Tensor, style_sem: torch.Tensor,
+                   content_labels: torch.Tensor, style_labels: torch.Tensor, with_sca: bool,
+                   with_ssa: bool) -> "SANetStyleSide":
+        """Everything of :meth:`scsa` that does not read the content image (shapes as there):
+        the same for every image of a batch with one style and one pair of maps. ``with_sca`` /
+        ``with_ssa``: whether the SCA output / the SSA key are needed (:func:`scsa_branches`)."""
         value = conv1x1_tokens(self.h, style)
-        w_out, b_out = self.out_conv.weight.flatten(1), self.out_conv.bias
-        t1, t2 = weights.sca_weight, weights.ssa_weight
-        mixed = torch.zeros_like(restyled)
-        if t1 != 0.0 or trace is not None:
+        pairing = pair_labels(content_labels, style_labels)
+        sca = key = None
+        if with_sca:
             # SCA: regions decide where to look (semantic query/key), the style gives the value.
             sem_query = conv1x1_tokens(self.f, instance_normalize(content_sem))
             sem_key = conv1x1_tokens(self.g, instance_normalize(style_sem))
             sca = semantic_continuous_attention(sem_query, sem_key, value, pairing, heads=1,
                                                 temperature=_UNSCALED)
+        if with_ssa:
+            key = conv1x1_tokens(self.g, instance_normalize(style))
+        return SANetStyleSide(style, content_labels, style_labels, pairing, value, key, sca)
+
+    def scsa_with_side(self, content: torch.Tensor, side: "SANetStyleSide", weights: SCSAWeights,
+                       trace: Trace | None = None, level: str = "") -> torch.Tensor:
+        """:meth:`scsa` with its style side computed beforehand (:meth:`style_side`, with the
+        branches :func:`scsa_branches` asks for): content ``[B, N, C]`` -> ``[B, N, C]``."""
+        restyled = semantic_adain(content, side.style, side.content_labels, side.style_labels)
+        record(trace, f"sadain_{level}", restyled)
+        w_out, b_out = self.out_conv.weight.flatten(1), self.out_conv.bias
+        t1, t2 = weights.sca_weight, weights.ssa_weight
+        with_sca, with_ssa = scsa_branches(weights, trace)
+        if (with_sca and side.sca is None) or (with_ssa and side.key is None):
+            raise ValueError("the style side lacks a branch this call computes: build it with "
+                             "style_side(..., *scsa_branches(weights, trace))")
+        mixed = torch.zeros_like(restyled)
+        if with_sca:
+            sca = side.sca
             record(trace, f"sca_{level}", lambda: F.linear(sca, w_out, b_out))
             mixed = mixed + t1 * sca
-        if t2 != 0.0 or trace is not None:
+        if with_ssa:
             # SSA: the restyled content picks the single best style position of its region.
             query = conv1x1_tokens(self.f, instance_normalize(restyled))
-            key = conv1x1_tokens(self.g, instance_normalize(style))
-            ssa, chosen = semantic_sparse_attention(query, key, value, pairing, heads=1,
+            ssa, chosen = semantic_sparse_attention(query, side.key, side.value, side.pairing, heads=1,
                                                     return_index=True)
             record(trace, f"ssa_{level}", lambda: F.linear(ssa, w_out, b_out))
             record(trace, f"ssa_argmax_{level}", chosen[:, 0])
@@ -113,6 +138,31 @@ class SANetModule(nn.Module):
         fused = F.linear(mixed, w_out) + (t1 + t2) * b_out + restyled
         record(trace, f"fused_{level}", fused)
         return fused
+
+
+def scsa_branches(weights: SCSAWeights, trace: Trace | None) -> tuple[bool, bool]:
+    """Whether an SCSA call computes SCA and SSA: a branch of weight 0 is skipped, unless the
+    call is traced (the trace holds both branches)."""
+    traced = trace is not None
+    return weights.sca_weight != 0.0 or traced, weights.ssa_weight != 0.0 or traced
+
+
+@dataclass(frozen=True)
+class SANetStyleSide:
+    """The part of one level's SCSA that depends only on the style, the two semantic maps and
+    their labels (:meth:`SANetModule.style_side`).
+
+    style: ``[1, M, C]``; content_labels ``int64 [N]``, style_labels ``int64 [M]``; pairing: the
+    label groups; value: ``h(S)`` ``[1, M, C]``; key: SSA's ``g(MVN(S))`` ``[1, M, C]`` (None
+    without SSA); sca: SCA before ``out_conv`` ``[1, N, C]`` (None without SCA).
+    """
+    style: torch.Tensor
+    content_labels: torch.Tensor
+    style_labels: torch.Tensor
+    pairing: LabelPairing
+    value: torch.Tensor
+    key: torch.Tensor | None
+    sca: torch.Tensor | None
 
 
 class SANetTransform(nn.Module):
@@ -202,9 +252,10 @@ class SANetModel(nn.Module):
         the semantic maps as images of the content's / style's size; ``labels_at(content_grid,
         style_grid)`` gives the label maps at each level's grids -> raw image ``[B, 3, H, W]``.
 
-        ``reference_cache``: a dict kept by the caller across calls with the *same* style and
-        maps (e.g. the images of a batch): the style's and both maps' VGG features are computed
-        on the first call only, so later images cost what plain SANet costs, plus attention.
+        ``reference_cache``: a dict kept by the caller across calls with the *same* style, maps
+        and labels (e.g. the images of a batch): the style's and both maps' VGG features and each
+        level's style side (labels, pairing, style value and key, SCA) are computed on the first
+        call only, so later images pay the content's VGG, S-AdaIN, SSA and the decoder.
         """
         check_map_sizes(content, style, content_sem, style_sem)
         cache = {} if reference_cache is None else reference_cache
@@ -222,14 +273,19 @@ class SANetModel(nn.Module):
             cache["style"] = self._encode(torch.cat([style, style_sem]), (("style", 1), ("style_sem", 1)), trace)
         s, style_grid4, style_grid5 = cache["style"]
         tick()
+        branches = scsa_branches(weights, trace)
         fused = []
         for index, (level, module, c_grid, s_grid) in enumerate((
                 ("4_1", self.transformer.sanet4_1, grid4, style_grid4),
                 ("5_1", self.transformer.sanet5_1, grid5, style_grid5))):
-            content_labels, style_labels = labels_at(c_grid, s_grid)
-            fused.append(module.scsa(c["content"][index], s["style"][index], c["content_sem"][index],
-                                     s["style_sem"][index], flat_labels(content_labels, c_grid, "content", content.device),
-                                     flat_labels(style_labels, s_grid, "style", content.device), weights, trace, level))
+            side_key = ("style_side", level, branches)
+            if side_key not in cache:
+                content_labels, style_labels = labels_at(c_grid, s_grid)
+                cache[side_key] = module.style_side(
+                    s["style"][index], c["content_sem"][index], s["style_sem"][index],
+                    flat_labels(content_labels, c_grid, "content", content.device),
+                    flat_labels(style_labels, s_grid, "style", content.device), *branches)
+            fused.append(module.scsa_with_side(c["content"][index], cache[side_key], weights, trace, level))
             tick()
         image = self._decode(fused[0], grid4, fused[1], grid5, trace)
         tick()

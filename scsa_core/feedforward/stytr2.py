@@ -235,6 +235,10 @@ class Encoder(nn.Module):
 
 
 class DecoderLayer(_FeedForward):
+    """Post-norm decoder layer: ``x = LN1(x + self_attn)``, ``x = LN2(x + multihead_attn)``,
+    ``x = LN3(x + FFN(x))``; both attentions take their keys and values from the style (the
+    official StyTr2 decoder's "self" attention reads the memory too). Tokens ``[B, N, d]``."""
+
     def __init__(self):
         super().__init__()
         self.self_attn = AttentionWeights()
@@ -242,6 +246,25 @@ class DecoderLayer(_FeedForward):
         self.norm1 = nn.LayerNorm(D_MODEL)
         self.norm2 = nn.LayerNorm(D_MODEL)
         self.norm3 = nn.LayerNorm(D_MODEL)
+
+    def plain_self_attention(self, x: torch.Tensor, pos: torch.Tensor, memory: torch.Tensor,
+                             trace: Trace | None, name: str) -> torch.Tensor:
+        """``LN1(x + self_attn(x + P, Es, Es))`` without SCSA. memory: ``Es`` ``[1, M, d]``."""
+        attended = self.self_attn.attend(x + pos, memory, memory)
+        record(trace, f"{name}_self_attn.out", attended)
+        x = _layer_norm(self.norm1, x + attended)
+        record(trace, f"{name}_norm1", x)
+        return x
+
+    def after_cross_attention(self, x: torch.Tensor, attended: torch.Tensor, trace: Trace | None,
+                              name: str) -> torch.Tensor:
+        """The layer's tail, the same with and without SCSA: ``y = LN2(x + attended)``,
+        ``LN3(y + FFN(y))``. attended: the ``multihead_attn`` output ``[B, N, d]``."""
+        x = _layer_norm(self.norm2, x + attended)
+        record(trace, f"{name}_norm2", x)
+        x = _layer_norm(self.norm3, x + self.ffn(x))
+        record(trace, f"{name}_norm3", x)
+        return x
 
 
 class Decoder(nn.Module):
@@ -310,11 +333,11 @@ class StyTr2Model(nn.Module):
         record(trace, "output_raw", image)
         return image
 
-    def _embed(self, content: torch.Tensor, style: torch.Tensor, batch: int):
-        """Patch embeddings of both sides and CAPE of the first ``batch`` content images."""
+    def _embed(self, content: torch.Tensor, style: torch.Tensor):
+        """Patch embeddings of both sides and the content's CAPE."""
         embedded_content = self.embedding(content)
         embedded_style = self.embedding(style)
-        position = self.transformer.content_position(embedded_content[:batch])
+        position = self.transformer.content_position(embedded_content)
         return embedded_content, embedded_style, position
 
     def forward_plain(self, content: torch.Tensor, style: torch.Tensor, trace: Trace | None = None,
@@ -322,7 +345,7 @@ class StyTr2Model(nn.Module):
         """Plain StyTr2: content ``[B, 3, H, W]``, style ``[1, 3, Hs, Ws]`` -> raw image
         ``[B, 3, 8 floor(H/8), 8 floor(W/8)]`` (not clamped)."""
         tick = progress or (lambda: None)
-        e_c, e_s, position = self._embed(content, style, content.shape[0])
+        e_c, e_s, position = self._embed(content, style)
         grid = tuple(e_c.shape[-2:])
         pos = to_tokens(position)
         record(trace, "E_c", lambda: to_tokens(e_c))
@@ -336,16 +359,10 @@ class StyTr2Model(nn.Module):
         record(trace, "Ec", x)
         tick()
         for i, layer in enumerate(self.transformer.decoder.layers):
-            attended = layer.self_attn.attend(x + pos, memory, memory)
-            record(trace, f"dec{i}_self_attn.out", attended)
-            x = _layer_norm(layer.norm1, x + attended)
-            record(trace, f"dec{i}_norm1", x)
+            x = layer.plain_self_attention(x, pos, memory, trace, f"dec{i}")
             attended = layer.multihead_attn.attend(x + pos, memory, memory)
             record(trace, f"dec{i}_multihead_attn.out", attended)
-            x = _layer_norm(layer.norm2, x + attended)
-            record(trace, f"dec{i}_norm2", x)
-            x = _layer_norm(layer.norm3, x + layer.ffn(x))
-            record(trace, f"dec{i}_norm3", x)
+            x = layer.after_cross_attention(x, attended, trace, f"dec{i}")
             tick()
         image = self._finish(x, grid, trace)
         tick()
@@ -418,17 +435,12 @@ class StyTr2Model(nn.Module):
                 terms = layer.self_attn.sca_terms(sem_query, memory_sem, memory, pairing, weights)
                 attended = layer.self_attn.scsa(restyled + pos, terms, weights, trace, "dec0_self_attn")
                 x = _layer_norm(layer.norm1, b * restyled + (1.0 - b) * content_tokens + attended)
+                record(trace, "dec0_norm1", x)
             else:
-                attended = layer.self_attn.attend(x + pos, memory, memory)
-                record(trace, f"dec{i}_self_attn.out", attended)
-                x = _layer_norm(layer.norm1, x + attended)
-            record(trace, f"dec{i}_norm1", x)
+                x = layer.plain_self_attention(x, pos, memory, trace, f"dec{i}")
             terms = layer.multihead_attn.sca_terms(sem_query, memory_sem, memory, pairing, weights)
             attended = layer.multihead_attn.scsa(x + pos, terms, weights, trace, f"dec{i}_multihead_attn")
-            x = _layer_norm(layer.norm2, x + attended)
-            record(trace, f"dec{i}_norm2", x)
-            x = _layer_norm(layer.norm3, x + layer.ffn(x))
-            record(trace, f"dec{i}_norm3", x)
+            x = layer.after_cross_attention(x, attended, trace, f"dec{i}")
             tick()
         image = self._finish(x, grid, trace)
         tick()
