@@ -227,15 +227,21 @@ STYLE2_LAYOUT = Landscape(
 
 
 # -------------------------------------------------------------------------------- the photo
+def _sun_glow(xs, ys, layout: Landscape, reach_radii: int, strength: int):
+    """0..strength, falling off quadratically over ``reach_radii`` sun radii around the sun."""
+    np = _np()
+    cx, cy, r = layout.sun
+    reach = (reach_radii * r) ** 2
+    return np.clip(reach - ((xs - cx) ** 2 + (ys - cy) ** 2), 0, None) * strength // reach
+
+
 def _photo_sky(labels, xs, ys, layout: Landscape):
     np = _np()
     size = labels.shape[0]
     horizon = 300
     t = np.clip(ys * 256 // horizon, 0, 256)
     sky = mix((38, 92, 172), (176, 204, 228), t, 256)
-    cx, cy, r = layout.sun                       # a glow around the sun: quadratic fall-off
-    reach = (3 * r) ** 2
-    glow = np.clip(reach - ((xs - cx) ** 2 + (ys - cy) ** 2), 0, None) * 90 // reach
+    glow = _sun_glow(xs, ys, layout, 3, 90)
     sky = sky + glow[..., None] * np.array([1, 1, 0], dtype=np.int64) + glow[..., None] // 2
     clouds = fractal_noise(size, size, (96, 48, 24, 12), seed=7)
     cloud = np.clip((clouds - 140) * 3, 0, 160)      # only the noise's upper part makes clouds
@@ -433,14 +439,6 @@ class DotStyle:
 
 
 SUNSET_SKY = ((0, (62, 34, 112)), (110, (178, 58, 124)), (200, (240, 112, 66)), (290, (255, 196, 98)))
-
-
-def _sun_glow(xs, ys, layout: Landscape, reach_radii: int, strength: int):
-    """0..strength, falling off quadratically over ``reach_radii`` sun radii around the sun."""
-    np = _np()
-    cx, cy, r = layout.sun
-    reach = (reach_radii * r) ** 2
-    return np.clip(reach - ((xs - cx) ** 2 + (ys - cy) ** 2), 0, None) * strength // reach
 
 
 def _dot_sky(xs, ys, layout: Landscape):

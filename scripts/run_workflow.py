@@ -213,6 +213,22 @@ def _format_failure(entry: dict) -> str:
 
 
 # ------------------------------------------------------------------------------ the inputs
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+MAP_SUFFIXES = ("_sem", "_map")    # <name>_sem.png (the data set's), else <name>_map.png
+
+
+def flag(role: str) -> str:
+    """The command-line option of an image role: style_map_2 -> --style-map-2."""
+    return f"--{role.replace('_', '-')}"
+
+
+def check_given(given: dict[str, Path]) -> None:
+    """Every image named on the command line exists (RunError naming the option otherwise)."""
+    for role, path in given.items():
+        if not path.is_file():
+            raise RunError(f"{flag(role)}: {path} does not exist")
+
+
 def find_pairs(folder: Path) -> dict[str, dict[str, Path]]:
     """``{name: {role: path}}`` for every <name>_paint_sem.png with its three siblings."""
     pairs = {}
@@ -227,15 +243,11 @@ def find_pairs(folder: Path) -> dict[str, dict[str, Path]]:
 
 
 def _first(base: Path, name: str, suffix: str) -> Path | None:
-    for ext in (".jpg", ".jpeg", ".png", ".webp"):
+    for ext in IMAGE_EXTENSIONS:
         p = base / f"{name}{suffix}{ext}"
         if p.is_file():
             return p
     return None
-
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-MAP_SUFFIXES = ("_sem", "_map")    # <name>_sem.png (the data set's), else <name>_map.png
 
 
 def find_contents(folder: Path) -> dict[str, dict[str, Path]]:
@@ -295,7 +307,7 @@ def prepare_images(files: dict[str, Path], size: int | None, own_style_size: boo
         try:
             img = ImageOps.exif_transpose(Image.open(path))
         except Exception as e:
-            raise RunError(f"--{role.replace('_', '-')}: cannot read {path}: {e}") from None
+            raise RunError(f"{flag(role)}: cannot read {path}: {e}") from None
         images[role] = img.convert("RGB")
 
     def scaled(img) -> tuple[int, int]:
@@ -373,7 +385,7 @@ def parse_args(argv):
                                                "its checkpoints/ sub-folder)")
     ap.add_argument("--checkpoint", metavar="NAME", help="checkpoint name, as ComfyUI lists it (default: the workflow's)")
     for role in ROLES:
-        ap.add_argument(f"--{role.replace('_', '-')}", type=Path, metavar="IMG", help=f"{role.replace('_', ' ')} image")
+        ap.add_argument(flag(role), type=Path, metavar="IMG", help=f"{role.replace('_', ' ')} image")
     ap.add_argument("--pairs", type=Path, metavar="DIR", help="run every pair in this folder (<name>.jpg, <name>_paint.jpg, "
                                               "<name>_sem.png, <name>_paint_sem.png)")
     ap.add_argument("--swap", action="store_true", help="with --pairs: the painting is the content")
@@ -414,9 +426,7 @@ def plan_jobs(a, log) -> list[tuple[str, dict[str, Path]]]:
             jobs.append((name + ("_swapped" if a.swap else ""), files))
         return jobs
     if given:
-        for role, path in given.items():
-            if not path.is_file():
-                raise RunError(f"--{role.replace('_', '-')}: {path} does not exist")
+        check_given(given)
         return [(Path(given.get("content", next(iter(given.values())))).stem, given)]
     files = {role: examples.OUT_DIR / name for role, name in ROLE_FILES.items()}
     lost = [str(path) for path in files.values() if not path.is_file()]
@@ -430,7 +440,7 @@ def plan_jobs(a, log) -> list[tuple[str, dict[str, Path]]]:
 
 def _content_jobs(a, given: dict[str, Path]) -> list[tuple[str, dict[str, Path]]]:
     """--contents DIR: one job per content image, each with the one style (and style map)."""
-    clash = [f"--{role.replace('_', '-')}" for role in ("content", "content_map") if role in given]
+    clash = [flag(role) for role in ("content", "content_map") if role in given]
     clash += ["--pairs"] if a.pairs else []
     clash += ["--swap"] if a.swap else []
     if clash:
@@ -438,9 +448,7 @@ def _content_jobs(a, given: dict[str, Path]) -> list[tuple[str, dict[str, Path]]
     if "style" not in given:
         raise RunError("--contents needs the one style to run them against: --style IMG (and --style-map MAP for "
                        "an SCSA workflow)")
-    for role, path in given.items():
-        if not path.is_file():
-            raise RunError(f"--{role.replace('_', '-')}: {path} does not exist")
+    check_given(given)
     if not a.contents.is_dir():
         raise RunError(f"--contents: {a.contents} is not a folder")
     contents = find_contents(a.contents)
@@ -462,7 +470,7 @@ def check_jobs(jobs: list[tuple[str, dict[str, Path]]], roles: dict[str, str], a
         missing = [role for role in ROLES if role in roles and role not in files]
         if missing:
             raise RunError(f"the workflow needs {', '.join(missing)} too: pass "
-                           + " ".join(f"--{m.replace('_', '-')} IMG" for m in missing))
+                           + " ".join(f"{flag(m)} IMG" for m in missing))
     unused = sorted(set(jobs[0][1]) - set(roles) - ({"content_map"} if a.contents else set()))
     if jobs[0][0] == DEFAULT_JOB:   # the example images: a workflow uses the ones it loads
         unused = [role for role in unused if role not in MORE_STYLE_ROLES]
@@ -500,11 +508,11 @@ def _main(a, log) -> int:
         roles = image_roles(prompt)
         check_jobs(jobs, roles, a, log)
         a.out.mkdir(parents=True, exist_ok=True)
-        written, seconds = [], []
+        written, seconds, uploaded = [], [], {}
         for index, (name, files) in enumerate(jobs, 1):
             log(f"[{name}] running {a.workflow.name} ({index}/{len(jobs)})")
             job_started = time.monotonic()
-            written += run_job(session.client, prompt, roles, name, files, a, log)
+            written += run_job(session.client, prompt, roles, name, files, a, log, uploaded)
             seconds.append(time.monotonic() - job_started)
             log(f"[{name}] took {seconds[-1]:.1f} s")
         if not written:
@@ -624,15 +632,21 @@ def prepare_prompt(client: Client, workflow: dict, a) -> dict:
     return prompt
 
 
-def run_job(client: Client, prompt: dict, roles: dict, name: str, files: dict, a, log) -> list[Path]:
+def run_job(client: Client, prompt: dict, roles: dict, name: str, files: dict, a, log,
+            uploaded: dict[str, str]) -> list[Path]:
     """Upload one job's images into a copy of ``prompt`` (check_jobs checked them), run it,
-    download what it saved."""
+    download what it saved. ``uploaded`` (role -> uploaded name) is kept across the jobs of
+    --contents, whose style images are the same for every content: they are sent once."""
     job_prompt = json.loads(json.dumps(prompt))
-    pngs = prepare_images({r: p for r, p in files.items() if r in roles}, a.size, own_style_size=bool(a.contents))
-    for role, data in pngs.items():
+    shared_roles = {role for role in files if a.contents and role.startswith("style")}
+    to_send = {r: p for r, p in files.items() if r in roles and not (r in shared_roles and r in uploaded)}
+    for role, data in prepare_images(to_send, a.size, own_style_size=bool(a.contents)).items():
         # --contents: the one style goes up under one name, so ComfyUI keeps its loader's output too
-        owner = a.style.stem if a.contents and role.startswith("style") else name
-        job_prompt[roles[role]]["inputs"]["image"] = client.upload_image(data, f"scsa_run_{owner}_{role}.png")
+        owner = a.style.stem if role in shared_roles else name
+        uploaded[role] = client.upload_image(data, f"scsa_run_{owner}_{role}.png")
+    for role in files:
+        if role in roles:
+            job_prompt[roles[role]]["inputs"]["image"] = uploaded[role]
     for node in job_prompt.values():
         if node["class_type"] == "SaveImage":
             node["inputs"]["filename_prefix"] = f"scsa_run/{a.workflow.stem}_{name}"

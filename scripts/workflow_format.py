@@ -76,6 +76,11 @@ class InputDef:
         return bool(self.options.get("image_upload"))
 
     @property
+    def has_declared_default(self) -> bool:
+        """The node gives a default (or a COMBO's first choice is one), rather than the type's zero."""
+        return "default" in self.options or (self.type == "COMBO" and bool(self.choices))
+
+    @property
     def default(self):
         if "default" in self.options:
             return self.options["default"]
@@ -379,8 +384,7 @@ def _positional_values(node: dict, definition: dict) -> list:
         raise WorkflowError(f"{head}; the values of {missing} are missing and {required} "
                             f"{'is' if len(required) == 1 else 'are'} required (only optional widgets "
                             f"missing at the end are filled with their defaults){tail}")
-    no_default = [name for name in missing if "default" not in inputs[name].options
-                  and not (inputs[name].type == "COMBO" and inputs[name].choices)]
+    no_default = [name for name in missing if not inputs[name].has_declared_default]
     if no_default:
         raise WorkflowError(f"{head}; the missing optional {no_default} "
                             f"{'has' if len(no_default) == 1 else 'have'} no default to fill in{tail}")

@@ -85,10 +85,15 @@ def _contents_folder(folder: Path, size: int = wi.SIZE) -> dict[str, Path]:
     return paths
 
 
-def test_folder_of_contents_against_one_style_reuses_its_inversion(comfy_server, tiny_checkpoint, tmp_path, capsys):
+def test_folder_of_contents_against_one_style_reuses_its_inversion(comfy_server, tiny_checkpoint, tmp_path, capsys,
+                                                                   monkeypatch):
     """--contents DIR --style IMG --style-map MAP: one prompt per content on the same server;
     the style keeps its own size, so the server inverts it for the first content only (its log
-    says so once, in the second prompt)."""
+    says so once, in the second prompt), and the runner sends it once."""
+    sent = []
+    upload = rw.Client.upload_image
+    monkeypatch.setattr(rw.Client, "upload_image",
+                        lambda client, data, filename: sent.append(filename) or upload(client, data, filename))
     style = _contents_folder(tmp_path / "contents")
     out = tmp_path / "out"
     log_start = comfy_server.log_path.stat().st_size
@@ -110,6 +115,9 @@ def test_folder_of_contents_against_one_style_reuses_its_inversion(comfy_server,
                 for name in ("a_painting_content", "b_painting_content", "painting_style", "painting_style_map")}
     assert np.abs(uploaded["a_painting_content"].astype(int) - uploaded["b_painting_content"]).mean() > 10
     assert uploaded["painting_style"].shape == (wi.SIZE - 16, wi.SIZE - 16, 3), "the style keeps its own size"
+    assert sorted(sent) == sorted(f"scsa_run_{name}.png" for name in (
+        "a_painting_content", "a_painting_content_map", "b_painting_content", "b_painting_content_map",
+        "painting_style", "painting_style_map")), sent
     prompts = log.split("Prompt executed in")
     assert len(prompts) == 3, log[-3000:]
     assert [part.count(REUSED) for part in prompts] == [0, 1, 0], log[-3000:]
