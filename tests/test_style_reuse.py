@@ -121,13 +121,18 @@ def test_the_cache_is_bounded_and_forgets_a_model_that_is_gone(comfy):
 
 # ------------------------------------------------------------------------ saved styles
 @pytest.fixture
-def style_folder(comfy, tmp_path):
-    """A fresh models/scsa_styles for this test (registered first, so saves go there)."""
+def style_folder(comfy, tmp_path_factory):
+    """A fresh models/scsa_styles for this test (registered first, so saves go there).
+
+    A session temp folder, not tmp_path: ComfyUI's file-list cache keeps the folder's mtime and
+    stats it again later, so the folder must outlive the test (pytest deletes a passed test's
+    tmp_path at once)."""
+    folder = tmp_path_factory.mktemp("scsa_styles")
     folder_paths = comfy.folder_paths
     paths, extensions = folder_paths.folder_names_and_paths["scsa_styles"]
-    folder_paths.folder_names_and_paths["scsa_styles"] = ([str(tmp_path)] + list(paths), extensions)
+    folder_paths.folder_names_and_paths["scsa_styles"] = ([str(folder)] + list(paths), extensions)
     try:
-        yield tmp_path
+        yield folder
     finally:
         folder_paths.folder_names_and_paths["scsa_styles"] = (paths, extensions)
 
