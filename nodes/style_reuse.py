@@ -165,8 +165,10 @@ class StyleCache:
     """The last few style inversions of this process (least recently used goes first).
 
     Bounded by ``max_entries`` and by ``max_feature_bytes`` of stored features (recompute
-    storage keeps only latents: a few MB). Entries of a model that is gone, or whose patch
-    objects are gone, never match and are dropped on the next store.
+    storage keeps only latents: a few MB). Entries of a model that is gone are dropped as soon
+    as the model is collected, so ComfyUI's "free model and node cache" (which drops the loaded
+    checkpoint and collects garbage) also frees the features held here. Entries whose patch
+    objects are gone never match and are dropped on the next store.
     """
 
     def __init__(self, max_entries: int = 4, max_feature_bytes: int | None = None):
@@ -193,7 +195,8 @@ class StyleCache:
                         and len(entry.conditioning) == len(condition)
                         and all(_same_tensor(a, b) for a, b in zip(entry.conditioning, condition))
                         and style.matches(latent, map_latent)):
-                    self._entries.move_to_end(number)
+                    if number in self._entries:   # unless _model_gone dropped it meanwhile
+                        self._entries.move_to_end(number)
                     return style
         return None
 
@@ -211,13 +214,18 @@ class StyleCache:
         if key is None or style.feature_bytes > budget:
             return
         model, state, condition, storage = key
-        self._entries[self._next] = _Entry(weakref.ref(model), state, condition, storage, style)
+        self._entries[self._next] = _Entry(weakref.ref(model, self._model_gone), state, condition, storage, style)
         self._next += 1
         for number in [n for n, e in self._entries.items() if e.model() is None]:
-            del self._entries[number]
+            self._entries.pop(number, None)
         while len(self._entries) > self.max_entries or \
                 sum(e.style.feature_bytes for e in self._entries.values()) > budget:
             self._entries.popitem(last=False)
+
+    def _model_gone(self, reference: weakref.ref) -> None:
+        # A weakref callback runs inside garbage collection, possibly while get() or put() walks
+        # the entries: rebind a filtered copy instead of deleting from the dict being walked.
+        self._entries = OrderedDict((n, e) for n, e in self._entries.items() if e.model is not reference)
 
     def clear(self) -> None:
         self._entries.clear()

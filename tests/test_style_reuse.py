@@ -111,9 +111,12 @@ def test_the_cache_is_bounded_and_forgets_a_model_that_is_gone(comfy):
     patched = model.clone()
     patched.add_patches({next(iter(patched.model_state_dict())): (torch.zeros(1),)}, 1.0)
     assert get(patched, styles[1]) is None
-    # The model is gone: its entries go with it, and hold nothing of it.
+    # The model is gone: its entries go with it at once (what "free model and node cache" relies
+    # on to free the features), and hold nothing of it.
+    assert len(cache) == 2
     del model, patched
     gc.collect()
+    assert len(cache) == 0
     other = tiny_models.build_tiny_sd15_patcher(seed=1)
     cache.put(other, conditioning, key, styles[0])
     assert len(cache) == 1 and get(other, styles[0]) is styles[0]
