@@ -72,6 +72,14 @@ def apply_settings(model_patcher) -> ApplySettings | None:
     return model_patcher.get_attachment(SETTINGS_KEY)
 
 
+def check_style_count(semantics: SemanticLabels, style_images: int) -> None:
+    """One style map per inverted style image, else a ValueError that says how to connect them."""
+    if semantics.num_styles != style_images:
+        raise ValueError(f"semantics: the semantic pair has {semantics.num_styles} style map(s) but "
+                         f"SCSAInvert inverted {style_images} style image(s). Give SCSASemanticPair one style "
+                         "map per style image, in the same order (style_map, style_map_2, ...).")
+
+
 def grid_labels(semantics: SemanticLabels, params: SCSAParams, height: int, width: int,
                 style_grids=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Content labels ``int64 [height, width]`` and the labels of every style's tokens at its
@@ -83,10 +91,7 @@ def grid_labels(semantics: SemanticLabels, params: SCSAParams, height: int, widt
     """
     mode = "official" if params.preset == "official" else "majority"
     grids = list(style_grids) if style_grids is not None else [(height, width)] * semantics.num_styles
-    if len(grids) != semantics.num_styles:
-        raise ValueError(f"semantics: the semantic pair has {semantics.num_styles} style map(s) but the inversion "
-                         f"has {len(grids)} style image(s). Give SCSASemanticPair one style map per style "
-                         "image connected to SCSAInvert, in the same order.")
+    check_style_count(semantics, len(grids))
     content = semantics.content_labels_at(height, width, mode)
     styles = [semantics.style_labels_at(index, int(h), int(w), mode).flatten() for index, (h, w) in enumerate(grids)]
     return content, styles[0] if len(styles) == 1 else torch.cat(styles)
@@ -210,9 +215,12 @@ class InjectRun:
     current_t: int = -1
     strength: float = 1.0
     _terms: dict = field(default_factory=dict)
+    style_streams: list = field(init=False)   # the style images' streams in style order (bank or batch)
 
     def __post_init__(self):
         self.injection = injection_for(self.settings)
+        held = set(self.bank.streams) | set(self.inline_streams)
+        self.style_streams = [name for name in STYLE_IMAGES if name in held]
 
     def begin_step(self, index: int) -> None:
         """The sampling loop is about to run step ``index`` (0-based) of its schedule."""
@@ -232,12 +240,6 @@ class InjectRun:
     def set_step(self, t: int) -> None:
         self.current_t = t
         self._terms.clear()
-
-    @property
-    def style_streams(self) -> list[str]:
-        """The style images' streams, in style order (bank or batch)."""
-        held = set(self.bank.streams) | set(self.inline_streams)
-        return [name for name in STYLE_IMAGES if name in held]
 
     def style_grids(self, key, content_grid: tuple[int, int], style_tokens: int) -> tuple:
         """Each style's token grid at ``key``: as recorded, else the content grid (a style that

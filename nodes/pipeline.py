@@ -29,9 +29,10 @@ from ..scsa_core.adain import adain, semantic_adain
 from ..scsa_core.features import MAP_OF, STREAMS, STYLE_IMAGES, FeatureBank
 from ..scsa_core.schedules import ddim_invert, ddim_sample, implied_noise, inversion_schedule, sampling_schedule
 from .families import alphas_cumprod, family_of
-from .injection import ApplySettings, AttentionPatch, InjectRun, RecordRun, apply_settings, grid_labels
+from .injection import (ApplySettings, AttentionPatch, InjectRun, RecordRun, apply_settings, check_style_count,
+                        grid_labels)
 from .sampling import preview_reporter, run_ddim
-from .style_reuse import MODEL_CHECK_TOLERANCE, STYLE_CACHE, InvertedStyle, StyleCache, with_device
+from .style_reuse import MODEL_CHECK_TOLERANCE, STYLE_CACHE, InvertedStyle, StyleCache
 from .validation import check_conditioning, inversion_batches, log_map_sizes
 
 log = logging.getLogger("scsa")
@@ -237,7 +238,6 @@ def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None],
     dtype = feature_dtype(model_patcher)
     storage_key = (storage, str(device), str(dtype))
     reused = _reusable_styles(model_patcher, conditioning, connected, saved_styles, steps, keys, storage_key, cache)
-    reused = {name: with_device(style, device, dtype) for name, style in reused.items()}
     reused_streams = {stream for name in reused for stream in _style_streams(name, streams)}
     to_invert = {name: x for name, x in connected.items() if name not in reused_streams}
     if reused:
@@ -325,11 +325,7 @@ def style_sample(model_patcher, inversion: SCSAInversion, init: str = "auto",
         raise ValueError("inversion: SCSA with semantic_share > 0 needs the semantic map latents. Connect "
                          "content_map and style_map to SCSAInvert, or set semantic_share to 0.")
     if settings.semantics is not None:
-        if settings.semantics.num_styles != len(inversion.style_images):
-            raise ValueError(f"semantics: the semantic pair has {settings.semantics.num_styles} style map(s) but "
-                             f"SCSAInvert inverted {len(inversion.style_images)} style image(s). Give "
-                             "SCSASemanticPair one style map per style image, in the same order (style_map, "
-                             "style_map_2, ...).")
+        check_style_count(settings.semantics, len(inversion.style_images))   # before sampling starts
         log_map_sizes(settings.semantics, inversion.latent_shape, inversion.style_shape)
     schedule = sampling_schedule(inversion.steps, timesteps)
     strengths = settings.timing.strengths(len(schedule.steps))

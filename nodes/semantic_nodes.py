@@ -111,7 +111,7 @@ def parse_sources(text: str, semantics: SemanticLabels) -> torch.Tensor | None:
         return None
     palette = semantics.palette.int()
     sources = torch.ones(semantics.num_styles, semantics.num_labels, dtype=torch.bool)
-    present = semantics.with_sources(None).lends   # which style has which region
+    present = semantics.present
     for entry in entries:
         match = _SOURCE_ENTRY.match(entry)
         if not match:

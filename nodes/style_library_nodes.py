@@ -18,6 +18,7 @@ import torch
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ..scsa_core.labels import MAX_STYLES
 from .diffusion_nodes import Inversion
 from .model_folders import register_model_folder
 from .semantic_nodes import CATEGORY, _image_to_rgb, _to_image
@@ -45,7 +46,7 @@ class SCSASaveStyleInversion(io.ComfyNode):
                 io.String.Input("filename_prefix", default="scsa_style",
                                 tooltip="File name in models/scsa_styles (a number is appended); "
                                         "sub-folders allowed, e.g. 'paintings/monet'."),
-                io.Int.Input("style", default=1, min=1, max=4,
+                io.Int.Input("style", default=1, min=1, max=MAX_STYLES,
                              tooltip="Which of SCSAInvert's style images to save (1: style, 2: style_2, ...)."),
                 io.Image.Input("style_map_image", optional=True,
                                tooltip="The style's colour map (the image given to SCSASemanticPair), saved with "

@@ -25,7 +25,7 @@ import json
 import logging
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -262,8 +262,10 @@ def save_style(path: str, style: InvertedStyle, map_image: torch.Tensor | None) 
             tensors[f"trajectory.{t}.{stream}"] = x.contiguous().cpu()
     if style.bank is not None:
         for stream in style.bank.streams:
-            for (t, block), x in style.bank.entries(stream).items():
+            entries = style.bank.entries(stream)
+            for (t, block), x in entries.items():
                 tensors[f"features.{t}.{_block_name(block)}.{stream}"] = x.contiguous().cpu()
+            for block in {block for _, block in entries}:
                 grid = style.bank.grid(block, stream)
                 if grid is not None:
                     tensors[f"grid.{_block_name(block)}.{stream}"] = torch.tensor(grid, dtype=torch.int64)
@@ -304,11 +306,3 @@ def load_style(path: str) -> tuple[InvertedStyle, torch.Tensor | None]:
     style = InvertedStyle(tensors["latent"], tensors.get("map_latent"), trajectory, bank, steps, blocks, storage)
     return style, tensors.get("map_image")
 
-
-def with_device(style: InvertedStyle, device: torch.device, dtype: torch.dtype) -> InvertedStyle:
-    """``style`` with its features moved to ``device`` / ``dtype`` (the run's bank)."""
-    if style.bank is None or (style.bank.device == torch.device(device) and style.bank.dtype == dtype):
-        return style
-    bank = FeatureBank(style.bank.streams, dtype=dtype, device=device)
-    bank.adopt(style.bank, {name: name for name in style.bank.streams})
-    return replace(style, bank=bank)

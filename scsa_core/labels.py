@@ -140,10 +140,14 @@ class SemanticLabels:
                                                      if self.more_style_colors else None)
 
     @property
+    def present(self) -> torch.Tensor:
+        """``bool [styles, L]``: style ``s``'s map has label ``l`` (whatever ``sources`` says)."""
+        return torch.from_numpy(np.stack([_label_counts(m, self.num_labels) > 0 for m in self.style_maps]))
+
+    @property
     def lends(self) -> torch.Tensor:
         """``bool [styles, L]``: style ``s`` lends label ``l`` (has it, and ``sources`` allows it)."""
-        present = torch.from_numpy(np.stack([_label_counts(m, self.num_labels) > 0 for m in self.style_maps]))
-        return present if self.sources is None else present & self.sources
+        return self.present if self.sources is None else self.present & self.sources
 
     def content_labels_at(self, height: int, width: int, mode: str = "majority") -> torch.Tensor:
         """The content label map ``int64 [height, width]`` at one token grid (see ``labels_at``)."""
