@@ -3,7 +3,8 @@ runner's no-checkpoint fallback (importable without ComfyUI; it is imported lazi
 
 Weights are initialised explicitly with a seeded, order-independent normal init (ComfyUI's ops
 leave them uninitialised): ``build_tiny_sd15_patcher``, ``build_tiny_vae``,
-``write_tiny_checkpoint`` (a loadable SD1.5-detected checkpoint with TAESD and CLIP-L).
+``write_tiny_checkpoint`` (a loadable SD1.5-detected checkpoint with TAESD and CLIP-L),
+``build_tiny_flux_patcher`` / ``tiny_flux_conditioning`` (Flux.1 and Flux.2 layouts).
 """
 from __future__ import annotations
 
@@ -185,3 +186,130 @@ def write_tiny_checkpoint(path: str | os.PathLike | None = None, with_clip: bool
         "generator": "scripts/tiny_models.py write_tiny_checkpoint",
         "version": str(TINY_CKPT_VERSION), "seed": str(seed), "torch": torch.__version__})
     return path
+
+
+# ------------------------------------------------------------------------------- Flux.1 / Flux.2
+# Tiny Flux layouts, built through comfy.supported_models.Flux / Flux2 exactly as a loaded
+# checkpoint would be (same model classes, same ModelType, latent format and sampling settings),
+# at a width CPU tests can afford. Double and single block counts differ (2 vs 3) so that a test
+# cannot confuse total_blocks of the two loops; head_dim 32 = sum(axes_dim) as Flux requires.
+FLUX_TINY_HIDDEN = 64
+FLUX_TINY_HEADS = 2
+FLUX_TINY_CONTEXT_DIM = 32
+FLUX_TINY_VEC_DIM = 32
+
+_FLUX_TINY_CONFIGS = {
+    # Flux.1 dev layout (model_detection: 3 RoPE axes, patch 2, 16-ch latent, qkv bias, pooled
+    # CLIP vector, distilled guidance embedding).
+    "flux1": dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=FLUX_TINY_VEC_DIM,
+                  context_in_dim=FLUX_TINY_CONTEXT_DIM, hidden_size=FLUX_TINY_HIDDEN, mlp_ratio=2.0,
+                  num_heads=FLUX_TINY_HEADS, depth=2, depth_single_blocks=3, axes_dim=[8, 12, 12],
+                  theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True),
+    # Flux.2 dev layout (model_detection: 4 RoPE axes with the text position on axis 3, patch 1,
+    # 128-ch latent, global modulation, SiLU-gated MLP, no biases, no pooled vector).
+    "flux2": dict(image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None,
+                  context_in_dim=FLUX_TINY_CONTEXT_DIM, hidden_size=FLUX_TINY_HIDDEN, mlp_ratio=3.0,
+                  num_heads=FLUX_TINY_HEADS, depth=2, depth_single_blocks=3, axes_dim=[8, 8, 8, 8],
+                  theta=2000, patch_size=1, qkv_bias=False, guidance_embed=True,
+                  global_modulation=True, mlp_silu_act=True, ops_bias=False,
+                  default_ref_method="index", ref_index_scale=10.0),
+}
+# Only ComfyUI versions whose FluxParams has the field take it (0.33.0 requires it, 0.3.75 has no
+# such field and hard-wires Flux.2's text positions to axis 3).
+_FLUX_TXT_IDS_DIMS = {"flux1": [], "flux2": [3]}
+FLUX_VARIANTS = tuple(_FLUX_TINY_CONFIGS)
+
+
+class FluxVariantUnavailable(LookupError):
+    """The running ComfyUI has no model class for this Flux variant."""
+
+
+def _flux_supported_model_class(variant: str):
+    import comfy.supported_models as sm
+    name = {"flux1": "Flux", "flux2": "Flux2"}[variant]
+    cls = getattr(sm, name, None)
+    if cls is None:
+        raise FluxVariantUnavailable(f"comfy.supported_models has no {name} in this ComfyUI")
+    return cls
+
+
+def tiny_flux_unet_config(variant: str = "flux1") -> dict:
+    """The unet_config of the tiny ``variant`` ("flux1" | "flux2") for the running ComfyUI."""
+    import dataclasses
+    from comfy.ldm.flux.model import FluxParams
+    if variant not in _FLUX_TINY_CONFIGS:
+        raise ValueError(f"unknown Flux variant {variant!r}; expected one of {FLUX_VARIANTS}")
+    config = dict(_FLUX_TINY_CONFIGS[variant])
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)}:
+        config["txt_ids_dims"] = list(_FLUX_TXT_IDS_DIMS[variant])
+    return config
+
+
+def _init_flux_rmsnorm_scales_(module, seed: int, prefix: str):
+    """QK-norm gains get the norm-weight init (1 + N(0, 0.1^2)) under the name ComfyUI 0.33.0 uses.
+
+    0.3.75 names them ``..._norm.scale`` (its own RMSNorm), 0.33.0 ``..._norm.weight``
+    (operations.RMSNorm), and init_weights_ would give a ``scale`` the near-zero bias init, which
+    shrinks every q and k and flattens the attention. Seeding from the ``.weight`` name makes the
+    tiny Flux.1 weights the same tensors on both versions.
+    """
+    import torch
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if not name.endswith("_norm.scale"):
+                continue
+            as_weight = prefix + name[:-len(".scale")] + ".weight"
+            g = torch.Generator(device="cpu").manual_seed(_key_seed(seed, as_weight))
+            z = torch.randn(tuple(p.shape), generator=g, dtype=torch.float32)
+            p.copy_((1.0 + 0.1 * z).to(p.dtype))
+    return module
+
+
+def build_tiny_flux_model(variant: str = "flux1", seed: int = 0):
+    """comfy.model_base.Flux / Flux2 (ModelType.FLUX: CONST + ModelSamplingFlux, shift 1.15 /
+    2.02; latent format Flux / Flux2), random-init, fp32, CPU. Raises FluxVariantUnavailable
+    when the running ComfyUI has no class for ``variant``."""
+    import torch
+    model_config = _flux_supported_model_class(variant)(tiny_flux_unet_config(variant))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    init_weights_(model.diffusion_model, seed, prefix="model.diffusion_model.")
+    _init_flux_rmsnorm_scales_(model.diffusion_model, seed, prefix="model.diffusion_model.")
+    model.eval()
+    return model
+
+
+def build_tiny_flux_patcher(variant: str = "flux1", seed: int = 0):
+    """ModelPatcher around a random-init Flux.1 ("flux1") or Flux.2 ("flux2") transformer:
+    hidden 64, 2 heads of 32, 2 double + 3 single blocks.
+
+    flux1: 16-ch latent, patch 2 (a [B,16,H,W] latent gives (H/2)*(W/2) image tokens), 3 RoPE
+    axes; needs ``pooled_output`` [B,32]. flux2: 128-ch latent, patch 1 (H*W tokens), 4 RoPE axes,
+    global modulation; text padded by ComfyUI to 512 tokens. Both embed guidance. Conditioning:
+    ``tiny_flux_conditioning(variant)``.
+    """
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    model = build_tiny_flux_model(variant, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def tiny_flux_latent_channels(variant: str = "flux1") -> int:
+    return _FLUX_TINY_CONFIGS[variant]["in_channels"]
+
+
+def tiny_flux_conditioning(variant: str = "flux1", seed: int = 0, tokens: int = 7,
+                           guidance: float | None = 3.5, batch: int = 1):
+    """ComfyUI conditioning for the tiny Flux: ``[[context [batch, tokens, 32], {...}]]``.
+
+    The context is seeded N(0, 1) so the text pathway matters. Flux.1 gets a seeded
+    ``pooled_output`` [batch, 32] (its vector_in); Flux.2 has no pooled vector and gets
+    ``pooled_output: None``, as its text encoder gives (0.3.75's Flux.encode_adm indexes the key).
+    ``guidance`` goes in explicitly: without the key model_base.Flux uses 3.5, None disables it.
+    """
+    import torch
+    g = torch.Generator(device="cpu").manual_seed(_key_seed(seed, f"flux_conditioning.{variant}"))
+    context = torch.randn((batch, tokens, FLUX_TINY_CONTEXT_DIM), generator=g)
+    pooled = torch.randn((batch, FLUX_TINY_VEC_DIM), generator=g) if variant == "flux1" else None
+    return [[context, {"pooled_output": pooled, "guidance": guidance}]]

@@ -13,6 +13,8 @@ Fixtures (S = session scope, F = function scope):
   run_prompt         S  comfy.run_prompt: run an API-format prompt, returns PromptResult
   tiny_sd15_patcher  F  ModelPatcher, SD1.5-structured random UNet, 32 channels (fresh per test)
   tiny_vae           F  comfy.sd.VAE around a random TAESD
+  tiny_flux1_patcher F  ModelPatcher, random Flux.1-structured transformer (2 double + 3 single blocks)
+  tiny_flux2_patcher F  ModelPatcher, random Flux.2-structured transformer (skips where ComfyUI has no Flux2)
   tiny_checkpoint    S  Path of .cache/models/sd15_tiny_*.safetensors (UNet 320ch 1 level,
                         TAESD, CLIP-L), registered for CheckpointLoaderSimple in-process
   oracle_dir         S  Path of shared/oracle (skips when absent)
@@ -42,7 +44,7 @@ from scripts import comfyui_runtime as rt  # noqa: E402
 
 _COMFY_FIXTURES = {"comfyui_dir", "comfy_core", "comfy", "run_prompt", "tiny_sd15_patcher",
                    "tiny_vae", "tiny_checkpoint", "oracle_checkpoint", "models_dir",
-                   "comfy_server", "server"}
+                   "comfy_server", "server", "tiny_flux1_patcher", "tiny_flux2_patcher"}
 _SLOW_FIXTURES = {"comfy_server", "server", "oracle_checkpoint"}
 
 
@@ -146,6 +148,29 @@ def tiny_sd15_patcher(comfy_core):
 def tiny_vae(comfy_core):
     """A fresh comfy.sd.VAE around a random TAESD (seed 0)."""
     return tiny_models.build_tiny_vae(seed=0)
+
+
+def _tiny_flux_patcher(comfy_core, variant: str):
+    # Skip, not fail: a ComfyUI version without the model class cannot run that family at all,
+    # and the other version still runs the test.
+    try:
+        return tiny_models.build_tiny_flux_patcher(variant, seed=0)
+    except tiny_models.FluxVariantUnavailable as e:
+        pytest.skip(f"ComfyUI {comfy_core.version}: {e}")
+
+
+@pytest.fixture
+def tiny_flux1_patcher(comfy_core):
+    """A fresh ModelPatcher (random Flux.1-structured transformer, seed 0) for each test.
+    Conditioning: ``tiny_models.tiny_flux_conditioning("flux1")``."""
+    return _tiny_flux_patcher(comfy_core, "flux1")
+
+
+@pytest.fixture
+def tiny_flux2_patcher(comfy_core):
+    """A fresh ModelPatcher (random Flux.2-structured transformer, seed 0) for each test; skips
+    on a ComfyUI without comfy.supported_models.Flux2. Conditioning: ``tiny_flux_conditioning("flux2")``."""
+    return _tiny_flux_patcher(comfy_core, "flux2")
 
 
 @pytest.fixture(scope="session")
