@@ -6,7 +6,8 @@
 
 The loaded style LATENT carries the style's inversion (``style_reuse.SAVED_STYLE_KEY``), so it
 plugs into SCSAInvert's ordinary sockets and the graph stays the standard one; SCSAInvert checks
-the file against its model before using it. Files are safetensors, read with the safe loader.
+the file against its model before using it. Files are safetensors, checked from their header
+when the prompt is queued and read with the safe loader (style_reuse: the file format).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from ..scsa_core.labels import MAX_STYLES
 from .diffusion_nodes import Inversion
 from .model_folders import register_model_folder
 from .semantic_nodes import CATEGORY, _image_to_rgb, _to_image
-from .style_reuse import MISSING_MAP_KEY, SAVED_STYLE_KEY, load_style, save_style
+from .style_reuse import MISSING_MAP_KEY, SAVED_STYLE_KEY, StyleFileError, check_style_file, load_style, save_style
 
 log = logging.getLogger("scsa")
 
@@ -67,8 +68,13 @@ class SCSASaveStyleInversion(io.ComfyNode):
         base = folder_paths.get_folder_paths(FOLDER)[0]
         folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, base)
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"{name}_{counter:05}.safetensors")
-        save_style(path, part, map_rgb)
+        while True:   # another save may take the number between the folder scan and the write
+            path = os.path.join(folder, f"{name}_{counter:05}.safetensors")
+            try:
+                save_style(path, part, map_rgb)
+                break
+            except FileExistsError:
+                counter += 1
         log.info("SCSA: saved style %d's inversion (%s storage) to %s", style, part.storage, path)
         shown = os.path.relpath(path, base)
         return io.NodeOutput(ui=ui.PreviewText(f"saved {shown}"))
@@ -94,9 +100,10 @@ class SCSALoadStyleInversion(io.ComfyNode):
     def execute(cls, style_file):
         path = folder_paths.get_full_path(FOLDER, style_file)
         if path is None:
-            raise ValueError(f"style_file: {style_file!r} is not in the {FOLDER} folders "
-                             f"({', '.join(folder_paths.get_folder_paths(FOLDER))})")
-        style, map_rgb = load_style(path)
+            raise StyleFileError(f"style file {style_file!r}: the file is gone (deleted or moved after the prompt "
+                                 f"was queued?); it is not in the {FOLDER} folders "
+                                 f"({', '.join(folder_paths.get_folder_paths(FOLDER))})")
+        style, map_rgb = load_style(path, style_file)
         style_latent = {"samples": style.latent, SAVED_STYLE_KEY: style}
         if style.map_latent is not None:
             map_latent = {"samples": style.map_latent}
@@ -112,12 +119,22 @@ class SCSALoadStyleInversion(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, style_file):
         path = folder_paths.get_full_path(FOLDER, style_file)
-        return None if path is None else (path, os.path.getmtime(path), os.path.getsize(path))
+        try:
+            return None if path is None else (path, os.path.getmtime(path), os.path.getsize(path))
+        except OSError:   # gone since: execute says so
+            return None
 
     @classmethod
     def validate_inputs(cls, style_file):
-        if folder_paths.get_full_path(FOLDER, style_file) is None:
+        # When the prompt is queued: a damaged, foreign or newer file is refused from its header
+        # (a few KB read), before SCSAInvert spends minutes on the content.
+        path = folder_paths.get_full_path(FOLDER, style_file)
+        if path is None:
             return f"style_file: {style_file!r} was not found in models/{FOLDER}"
+        try:
+            check_style_file(path, style_file)
+        except StyleFileError as e:
+            return str(e)
         return True
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -30,12 +31,13 @@ from dataclasses import dataclass
 import torch
 
 from ..scsa_core.features import FeatureBank
+from ..scsa_core.schedules import inversion_schedule
+from .safetensors_file import FLOAT_DTYPES, Header, SafetensorsFileError, read_header, write_new
 
 log = logging.getLogger("scsa")
 
 SAVED_STYLE_KEY = "scsa_style_inversion"
 MISSING_MAP_KEY = "scsa_missing_map"    # on the map LATENT of a style saved without one
-FILE_FORMAT = "scsa-style-inversion/1"
 # Another model, or another prompt, changes the predicted noise by tens of percent; fp16 against
 # fp32 on another device by a fraction of one percent.
 MODEL_CHECK_TOLERANCE = 0.05
@@ -238,20 +240,51 @@ STYLE_CACHE = StyleCache()
 
 
 # ------------------------------------------------------------------------------ the files
+# A style file is a safetensors file (read with bounded reads and checked before any tensor is
+# read: safetensors_file.read_header) whose metadata "format" names its layout and version.
+# Version 1, the only one so far (frozen in tests/fixtures/style_v1_tiny.safetensors):
+#   metadata  steps, storage, blocks (JSON list of "name.number.index"), feature_dtype ("" or
+#             float16 / bfloat16 / float32)
+#   latent [1, C, h, w], map_latent [1, C, h, w] (SCSA styles), map_image uint8 [H, W, 3]
+#   trajectory.<t>.<style|style_map>   [1, C, h, w] at every timestep of the inversion
+#   features.<t>.<name.number.index>.<style|style_map>   [1, tokens, channels] ('memory' and
+#             'offload' storage), grid.<name.number.index>.<stream>   int64 [2] (their token grid)
+# A later version adds its reader to _READERS and keeps the older ones, so old files still load.
+FORMAT_NAME = "scsa-style-inversion"
+FORMAT_VERSION = 1
+FILE_FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
+_STYLE_STREAMS = ("style", "style_map")
+# metadata feature_dtype -> (the torch dtype, its safetensors name)
+_FEATURE_DTYPES = {"float16": (torch.float16, "F16"), "bfloat16": (torch.bfloat16, "BF16"),
+                   "float32": (torch.float32, "F32")}
+_MAX_STEPS = 1000
+_LISTED = 4
+
+
+class StyleFileError(ValueError):
+    """A style file that cannot be used; the message names the file and says what is wrong."""
+
+
 def _block_name(block) -> str:
     name, number, index = block
     return f"{name}.{number}.{index}"
 
 
-def _parse_block(text: str) -> tuple:
-    name, number, index = text.split(".")
-    return (name, int(number), int(index))
+def _parse_block(text: str) -> tuple | None:
+    """``"output.6.0"`` -> ``("output", 6, 0)``; None when ``text`` is not in that form."""
+    parts = text.split(".") if isinstance(text, str) else ()
+    if len(parts) != 3 or not parts[0].isidentifier() or not all(_is_count(p) for p in parts[1:]):
+        return None
+    return (parts[0], int(parts[1]), int(parts[2]))
+
+
+def _is_count(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 6
 
 
 def save_style(path: str, style: InvertedStyle, map_image: torch.Tensor | None) -> None:
-    """Write ``style`` (and its colour map ``uint8 [H, W, 3]``) to a safetensors file at ``path``."""
-    from safetensors.torch import save_file
-
+    """Write ``style`` (and its colour map ``uint8 [H, W, 3]``) to a new safetensors file at
+    ``path``: whole or not at all, never over an existing file (``FileExistsError``)."""
     tensors = {"latent": style.latent.contiguous().cpu()}
     if style.map_latent is not None:
         tensors["map_latent"] = style.map_latent.contiguous().cpu()
@@ -272,37 +305,254 @@ def save_style(path: str, style: InvertedStyle, map_image: torch.Tensor | None) 
     metadata = {"format": FILE_FORMAT, "steps": str(style.steps), "storage": style.storage,
                 "blocks": json.dumps(sorted(_block_name(b) for b in style.blocks)),
                 "feature_dtype": "" if style.bank is None else str(style.bank.dtype).replace("torch.", "")}
-    save_file(tensors, path, metadata=metadata)
+    write_new(path, tensors, metadata)
 
 
-def load_style(path: str) -> tuple[InvertedStyle, torch.Tensor | None]:
-    """Read a file :func:`save_style` wrote: ``(style, its colour map uint8 [H, W, 3] or None)``."""
+@dataclass(frozen=True)
+class StyleFileLayout:
+    """What a style file's header says, checked: everything but the tensors' values."""
+    path: str
+    name: str                                   # as the user knows it (relative to the styles folder)
+    steps: int
+    storage: str
+    blocks: frozenset
+    feature_dtype: torch.dtype | None
+    trajectory: dict                            # tensor name -> (t, stream)
+    features: dict                              # tensor name -> (t, block, stream)
+    grids: dict                                 # tensor name -> (block, stream)
+
+
+def check_style_file(path: str, name: str | None = None) -> StyleFileLayout:
+    """Check the style file at ``path`` from its header alone (bounded reads, no tensor read):
+    format, metadata, tensor names, dtypes and shapes against its latent. Raises
+    :class:`StyleFileError` naming the file (``name``, else its file name)."""
+    name = name or os.path.basename(path)
+
+    def fail(problem: str):
+        raise StyleFileError(f"style file {name!r}: {problem}")
+    try:
+        header = read_header(path)
+    except SafetensorsFileError as e:
+        fail(str(e))
+    except FileNotFoundError:
+        fail("the file is gone (deleted or moved after the prompt was queued?); refresh the node list "
+             "and choose a file that is there")
+    except OSError as e:
+        fail(f"cannot be read ({e.strerror or e})")
+    metadata = header.metadata
+    written = metadata.get("format")
+    if not isinstance(written, str) or not written.startswith(f"{FORMAT_NAME}/"):
+        fail(f"not an SCSA style inversion: its metadata has no format {FILE_FORMAT!r} (style files are "
+             "written by 'Save Style Inversion (SCSA)')")
+    version = written[len(FORMAT_NAME) + 1:]
+    if not _is_count(version) or int(version) < 1:
+        fail(f"its format {written!r} is not one any version of the SCSA pack writes")
+    if int(version) > FORMAT_VERSION:
+        fail(f"an SCSA style inversion of a newer format ({written}) than this version of the SCSA node pack "
+             f"reads ({FILE_FORMAT} and older): update the SCSA node pack to load it")
+    return _READERS[int(version)](path, name, header, fail)
+
+
+def _layout_v1(path: str, name: str, header: Header, fail) -> StyleFileLayout:
+    metadata, tensors = header.metadata, header.tensors
+    steps, storage, blocks, feature_dtype = _metadata_v1(metadata, fail)
+    latent = tensors.get("latent")
+    if latent is None:
+        fail("it has no 'latent' tensor (the style's clean latent)")
+    if latent.dtype not in FLOAT_DTYPES or len(latent.shape) != 4 or latent.shape[0] != 1 \
+            or 0 in latent.shape:
+        fail(f"its latent is {latent.dtype} {list(latent.shape)}, not a floating-point [1, channels, height, "
+             "width] latent")
+    streams = _STYLE_STREAMS if "map_latent" in tensors else _STYLE_STREAMS[:1]
+    map_latent = tensors.get("map_latent")
+    if map_latent is not None and (map_latent.shape != latent.shape or map_latent.dtype != latent.dtype):
+        fail(f"its map_latent is {map_latent.dtype} {list(map_latent.shape)}, but its latent is {latent.dtype} "
+             f"{list(latent.shape)}")
+    image = tensors.get("map_image")
+    if image is not None and (image.dtype != "U8" or len(image.shape) != 3 or image.shape[2] != 3):
+        fail(f"its map_image is {image.dtype} {list(image.shape)}, not a colour map (U8 [height, width, 3])")
+
+    schedule = inversion_schedule(steps)
+    evaluated = [t for t, _ in schedule]
+    visited = set(evaluated) | {t_next for _, t_next in schedule}
+    trajectory, features, grids, unknown = {}, {}, {}, []
+    for tensor in tensors:
+        if tensor in ("latent", "map_latent", "map_image"):
+            continue
+        kind, _, rest = tensor.partition(".")
+        parsed = _parse_tensor_name(kind, rest)
+        if parsed is None:
+            unknown.append(tensor)
+        elif kind == "trajectory":
+            trajectory[tensor] = parsed
+        elif kind == "features":
+            features[tensor] = parsed
+        else:
+            grids[tensor] = parsed
+    if unknown:
+        fail(f"{len(unknown)} tensor name(s) that are not in its format's layout ({_listed(unknown)}); expected "
+             "latent, map_latent, map_image, trajectory.<timestep>.<style|style_map>, "
+             "features.<timestep>.<block>.<style|style_map>, grid.<block>.<style|style_map>")
+    misplaced = [tensor for tensor, (*_, stream) in {**trajectory, **features, **grids}.items()
+                 if stream not in streams]
+    if misplaced:
+        fail(f"it has style_map tensors ({_listed(misplaced)}) but no map_latent")
+    wrong = [tensor for tensor in trajectory
+             if tensors[tensor].shape != latent.shape or tensors[tensor].dtype != latent.dtype]
+    if wrong:
+        fail(f"{len(wrong)} trajectory latent(s) do not fit its latent {latent.dtype} {list(latent.shape)} "
+             f"({', '.join(f'{t} is {tensors[t].dtype} {list(tensors[t].shape)}' for t in wrong[:_LISTED])})")
+    missing = [f"trajectory.{t}.{stream}" for t in sorted(visited) for stream in streams
+               if (t, stream) not in set(trajectory.values())]
+    extra = [tensor for tensor, (t, _) in trajectory.items() if t not in visited]
+    if missing or extra:
+        fail(f"its trajectory is not the one of a {steps}-step inversion"
+             + (f": missing {_listed(missing)}" if missing else "")
+             + (f"; timesteps it should not have: {_listed(extra)}" if extra else ""))
+    _check_features_v1(tensors, latent.shape, steps, evaluated, storage, blocks, feature_dtype, streams,
+                       features, grids, fail)
+    return StyleFileLayout(path, name, steps, storage, blocks, _FEATURE_DTYPES[feature_dtype][0] if feature_dtype
+                           else None, trajectory, features, grids)
+
+
+def _metadata_v1(metadata: dict, fail) -> tuple:
+    def field(key: str, what: str) -> str:
+        if key not in metadata:
+            fail(f"its metadata has no {key!r} ({what}): the file is damaged, or was not written by "
+                 "'Save Style Inversion (SCSA)'")
+        return metadata[key]
+    steps = field("steps", "the number of inversion steps")
+    if not _is_count(steps) or not 1 <= int(steps) <= _MAX_STEPS:
+        fail(f"its metadata 'steps' is {steps!r}, not a number of steps from 1 to {_MAX_STEPS}")
+    storage = field("storage", "the storage it was inverted with")
+    from .pipeline import STORAGE_MODES   # here: pipeline imports this module
+    saved_storages = [mode for mode in STORAGE_MODES if mode != "auto"]
+    if storage not in saved_storages:
+        fail(f"its metadata 'storage' is {storage!r}, not one of {', '.join(saved_storages)}")
+    text = field("blocks", "the blocks it was recorded at")
+    try:
+        names = json.loads(text)
+    except (ValueError, RecursionError):
+        names = None
+    blocks = [_parse_block(b) for b in names] if isinstance(names, list) and names else [None]
+    if None in blocks:
+        fail(f"its metadata 'blocks' is {text[:80]!r}, not a JSON list of blocks like \"output.6.0\"")
+    dtype_name = field("feature_dtype", "the dtype of its features")
+    if dtype_name and dtype_name not in _FEATURE_DTYPES:
+        fail(f"its metadata 'feature_dtype' is {dtype_name[:40]!r}, which is no feature dtype (expected "
+             f"{', '.join(_FEATURE_DTYPES)}, or empty for a file without features)")
+    return int(steps), storage, frozenset(blocks), dtype_name
+
+
+def _parse_tensor_name(kind: str, rest: str) -> tuple | None:
+    """The parts of a trajectory / features / grid tensor's name, or None."""
+    parts = rest.split(".")
+    stream = parts[-1]
+    if stream not in _STYLE_STREAMS:
+        return None
+    if kind == "trajectory" and len(parts) == 2 and _is_count(parts[0]):
+        return int(parts[0]), stream
+    if kind == "features" and len(parts) == 5 and _is_count(parts[0]):
+        block = _parse_block(".".join(parts[1:4]))
+        return None if block is None else (int(parts[0]), block, stream)
+    if kind == "grid" and len(parts) == 4:
+        block = _parse_block(".".join(parts[:3]))
+        return None if block is None else (block, stream)
+    return None
+
+
+def _latent_grids(height: int, width: int) -> set:
+    """The token grids of a latent's attention levels: halved (rounded up) per downsampling."""
+    grids = set()
+    for _ in range(8):
+        grids.add((height, width))
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return grids
+
+
+def _check_features_v1(tensors: dict, latent_shape: tuple, steps: int, evaluated: list, storage: str,
+                       blocks: frozenset, feature_dtype: str, streams: tuple, features: dict, grids: dict, fail) -> None:
+    if storage == "recompute":
+        if features or grids:
+            fail("its metadata says 'recompute' storage (latents only), but it holds features")
+        return
+    if not features:
+        fail(f"its metadata says {storage!r} storage, but it holds no features (a 'recompute' file holds "
+             "latents only)")
+    if not feature_dtype:
+        fail("it holds features but its metadata 'feature_dtype' is empty")
+    dtype_name = _FEATURE_DTYPES[feature_dtype][1]
+    expected = {(t, block, stream) for t in evaluated for block in blocks for stream in streams}
+    have = set(features.values())
+    if have != expected:
+        absent = sorted(f"features.{t}.{_block_name(b)}.{s}" for t, b, s in expected - have)
+        alien = sorted(f"features.{t}.{_block_name(b)}.{s}" for t, b, s in have - expected)
+        fail(f"its features are not those of a {steps}-step inversion at its {len(blocks)} blocks"
+             + (f": missing {_listed(absent)}" if absent else "")
+             + (f"; not expected: {_listed(alien)}" if alien else ""))
+    latent_grids = _latent_grids(*latent_shape[-2:])
+    tokens_of = {}
+    for tensor, (t, block, stream) in features.items():
+        entry = tensors[tensor]
+        shape = entry.shape
+        if entry.dtype != dtype_name or len(shape) != 3 or shape[0] != 1 or 0 in shape:
+            fail(f"feature {tensor!r} is {entry.dtype} {list(shape)}, not {dtype_name} [1, tokens, channels]")
+        if not any(h * w == shape[1] for h, w in latent_grids):
+            fail(f"feature {tensor!r} has {shape[1]} tokens, which is no attention grid of its "
+                 f"{latent_shape[-2]} x {latent_shape[-1]} latent")
+        if tokens_of.setdefault((block, stream), shape[1:]) != shape[1:]:
+            fail(f"feature {tensor!r} is {list(shape)}, unlike the same block's other timesteps")
+    for tensor, key in grids.items():
+        if key not in tokens_of or tensors[tensor].dtype != "I64" or tensors[tensor].shape != (2,):
+            fail(f"grid {tensor!r} is {tensors[tensor].dtype} {list(tensors[tensor].shape)}, not the I64 [2] "
+                 "grid of a recorded block")
+
+
+def _listed(names: list) -> str:
+    return ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+
+
+_READERS = {1: _layout_v1}   # format version -> its layout check (each builds the same InvertedStyle)
+
+
+def load_style(path: str, name: str | None = None) -> tuple[InvertedStyle, torch.Tensor | None]:
+    """Read a style file: ``(style, its colour map uint8 [H, W, 3] or None)``.
+
+    The header is checked first (:func:`check_style_file`); then the tensors are read with the
+    safe loader (never a pickle) and their values checked (finite, grids that fit). Raises
+    :class:`StyleFileError` naming the file (``name``: as the user knows it).
+    """
     from safetensors import safe_open
 
-    with safe_open(path, framework="pt", device="cpu") as file:
-        metadata = file.metadata() or {}
-        if metadata.get("format") != FILE_FORMAT:
-            raise ValueError(f"{path}: not an SCSA style inversion (saved by 'Save Style Inversion (SCSA)')")
-        tensors = {name: file.get_tensor(name) for name in file.keys()}
-    steps, storage = int(metadata["steps"]), metadata["storage"]
-    blocks = frozenset(_parse_block(b) for b in json.loads(metadata["blocks"]))
-    trajectory: dict[int, dict[str, torch.Tensor]] = {}
-    for name, x in tensors.items():
-        if name.startswith("trajectory."):
-            _, t, stream = name.split(".")
-            trajectory.setdefault(int(t), {})[stream] = x
-    bank = None
-    if any(name.startswith("features.") for name in tensors):
-        dtype = getattr(torch, metadata.get("feature_dtype") or "float16")
-        streams = [s for s in ("style", "style_map") if any(n.endswith(f".{s}") and n.startswith("features.")
-                                                           for n in tensors)]
-        bank = FeatureBank(streams, dtype=dtype)
-        for name, x in tensors.items():
-            if name.startswith("features."):
-                _, t, block_name, number, index, stream = name.split(".")
-                block = _parse_block(f"{block_name}.{number}.{index}")
-                grid = tensors.get(f"grid.{_block_name(block)}.{stream}")
-                bank.record(int(t), block, x, streams=[stream], grid=None if grid is None else tuple(grid.tolist()))
-    style = InvertedStyle(tensors["latent"], tensors.get("map_latent"), trajectory, bank, steps, blocks, storage)
-    return style, tensors.get("map_image")
+    layout = check_style_file(path, name)
 
+    def fail(problem: str):
+        raise StyleFileError(f"style file {layout.name!r}: {problem}")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as file:
+            tensors = {tensor: file.get_tensor(tensor) for tensor in file.keys()}
+    except FileNotFoundError:
+        fail("the file is gone (deleted or moved while it was read)")
+    except Exception as e:   # the file changed between the check and the read
+        fail(f"cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__}); it may have "
+             "changed while it was read")
+    broken = [tensor for tensor, x in tensors.items() if x.is_floating_point() and not bool(torch.isfinite(x).all())]
+    if broken:
+        fail(f"{len(broken)} tensor(s) hold NaN or infinity ({_listed(sorted(broken))}): the file is damaged")
+    trajectory: dict[int, dict[str, torch.Tensor]] = {}
+    for tensor, (t, stream) in layout.trajectory.items():
+        trajectory.setdefault(t, {})[stream] = tensors[tensor]
+    bank = None
+    if layout.features:
+        streams = [s for s in _STYLE_STREAMS if any(stream == s for *_, stream in layout.features.values())]
+        bank = FeatureBank(streams, dtype=layout.feature_dtype)
+        grid_of = {key: tuple(tensors[tensor].tolist()) for tensor, key in layout.grids.items()}
+        for tensor, (t, block, stream) in layout.features.items():
+            grid = grid_of.get((block, stream))
+            if grid is not None and grid[0] * grid[1] != tensors[tensor].shape[1]:
+                fail(f"grid 'grid.{_block_name(block)}.{stream}' is {list(grid)}, which does not hold the "
+                     f"{tensors[tensor].shape[1]} tokens of its features")
+            bank.record(t, block, tensors[tensor], streams=[stream], grid=grid)
+    style = InvertedStyle(tensors["latent"], tensors.get("map_latent"), trajectory, bank, layout.steps,
+                          layout.blocks, layout.storage)
+    return style, tensors.get("map_image")

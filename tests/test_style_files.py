@@ -7,7 +7,10 @@ load it and give what a fresh inversion of the same style gives.
 """
 from __future__ import annotations
 
+import json
 import shutil
+import struct
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from scripts import make_style_fixture as frozen
+from scripts.comfy_inprocess import PromptError, pack_module
 from scripts import tiny_models
 from test_style_reuse import _fresh, style_folder  # noqa: F401  (style_folder: a fixture, used by name)
 
@@ -79,3 +83,211 @@ def test_the_frozen_v1_style_gives_what_a_fresh_inversion_gives(comfy, frozen_ch
                           tensors["map_image"].numpy())
     # The content is inverted alone (not beside the style): equal up to float rounding.
     assert torch.allclose(latent, reference, rtol=1e-4, atol=1e-5), (latent - reference).abs().max()
+
+
+# ------------------------------------------------------------------ damaged and foreign files
+@pytest.fixture(scope="module")
+def style_reuse(comfy):
+    return pack_module("nodes/style_reuse.py")
+
+
+def _features_style(style_reuse):
+    """A small style with features ('memory' storage): 2 steps, one block at half the latent's grid."""
+    features = pack_module("scsa_core/features.py")
+    g = torch.Generator().manual_seed(0)
+    latent, map_latent = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    bank = features.FeatureBank(["style", "style_map"], dtype=torch.float16)
+    trajectory = {}
+    for t in (1, 501, 999):
+        trajectory[t] = {"style": torch.randn(1, 4, 8, 8, generator=g), "style_map": torch.randn(1, 4, 8, 8, generator=g)}
+    for t in (1, 501):
+        for stream in ("style", "style_map"):
+            bank.record(t, ("output", 1, 0), torch.randn(1, 16, 8, generator=g), streams=[stream], grid=(4, 4))
+    return style_reuse.InvertedStyle(latent, map_latent, trajectory, bank, 2, frozenset({("output", 1, 0)}), "memory")
+
+
+@pytest.fixture(scope="module")
+def features_file(style_reuse, tmp_path_factory):
+    path = tmp_path_factory.mktemp("styles") / "with_features.safetensors"
+    style_reuse.save_style(str(path), _features_style(style_reuse), torch.zeros(64, 64, 3, dtype=torch.uint8))
+    return path
+
+
+def _contents(path) -> tuple[dict, dict]:
+    with safe_open(str(path), framework="pt") as file:
+        return {name: file.get_tensor(name) for name in file.keys()}, dict(file.metadata() or {})
+
+
+def _raw(header: dict, data: bytes) -> bytes:
+    """A safetensors file written by hand (header JSON as given)."""
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def _changed(base: str, change) -> Callable:
+    """A case made from a valid file: ``change(tensors, metadata)`` edits them in place."""
+    def make(path, features_file):
+        tensors, metadata = _contents(frozen.FIXTURE if base == "frozen" else features_file)
+        change(tensors, metadata)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    return make
+
+
+def _bytes(content) -> Callable:
+    """A case written as bytes: ``content`` or ``content(frozen file's bytes)``."""
+    def make(path, features_file):
+        path.write_bytes(content(frozen.FIXTURE.read_bytes()) if callable(content) else content)
+    return make
+
+
+def _pickled(**options) -> Callable:
+    def make(path, features_file):
+        torch.save(_contents(frozen.FIXTURE)[0], str(path), **options)
+    return make
+
+
+def _rename(old: str, new: str) -> Callable:
+    def change(tensors, metadata):
+        tensors[new] = tensors.pop(old)
+    return change
+
+
+def _set(**values) -> Callable:
+    def change(tensors, metadata):
+        for key, value in values.items():
+            if value is None:
+                metadata.pop(key)
+            else:
+                metadata[key] = value
+    return change
+
+
+def _tensor(name: str, value) -> Callable:
+    def change(tensors, metadata):
+        if value is None:
+            del tensors[name]
+        else:
+            tensors[name] = value(tensors[name]) if callable(value) else value
+    return change
+
+
+def _nan(x):
+    x = x.clone()
+    x.view(-1)[0] = float("nan")
+    return x
+
+
+F32_64 = {"dtype": "F32", "shape": [1, 4, 4, 4], "data_offsets": [0, 256]}
+# (case, how the file is made, what the message says, whether the header alone tells)
+CASES = [
+    ("empty", _bytes(b""), r"the file has 0 bytes, too few for a safetensors file", True),
+    ("an interrupted copy", _bytes(lambda b: b[:-1000]),
+     r"the file is cut off: its tensors need 6144 bytes after the header, but only 5144 follow", True),
+    ("cut off in its header", _bytes(lambda b: b[:300]), r"the file is cut off: its header alone should take", True),
+    ("a pickle renamed", _pickled(_use_new_zipfile_serialization=False),
+     r"this is a Python pickle .*not a safetensors file \(renamed\?\)\. Pickles can run code", True),
+    ("a torch.save checkpoint renamed", _pickled(),
+     r"this is a PyTorch checkpoint \(a zip archive from torch.save\), not a safetensors file", True),
+    ("a text file", _bytes(b"these are not the tensors you are looking for"),
+     r"not a safetensors file: its first 8 bytes do not give", True),
+    ("a header that is no JSON", _bytes(struct.pack("<Q", 12) + b"{not json!} "), r"not a safetensors file, or a damaged one: its header is not JSON", True),
+    ("a dtype name that is no dtype", _bytes(_raw({"latent": dict(F32_64, dtype="F99")}, bytes(256))),
+     r"tensor 'latent' has dtype 'F99', which is no dtype this pack reads", True),
+    ("a shape its bytes do not hold", _bytes(_raw({"latent": dict(F32_64, shape=[1, 4, 4, 5])}, bytes(256))),
+     r"damaged header: tensor 'latent' \(F32 \[1, 4, 4, 5\]\) needs 320 bytes, but its data_offsets give 256", True),
+    ("bytes after the last tensor", _bytes(lambda b: b + b"more"), r"the file has 4 bytes after its last tensor", True),
+    ("no metadata", _changed("frozen", lambda t, m: m.clear()),
+     r"not an SCSA style inversion: its metadata has no format 'scsa-style-inversion/1'", True),
+    ("another kind of safetensors file", _changed(
+        "frozen", lambda t, m: (t.clear(), m.clear(), t.update({"model.diffusion_model.out.weight": torch.zeros(2)}))),
+     r"not an SCSA style inversion", True),
+    ("a newer format", _changed("frozen", _set(format="scsa-style-inversion/2")),
+     r"an SCSA style inversion of a newer format \(scsa-style-inversion/2\) than this version of the SCSA node "
+     r"pack reads \(scsa-style-inversion/1 and older\): update the SCSA node pack to load it", True),
+    ("a format that never was", _changed("frozen", _set(format="scsa-style-inversion/one")),
+     r"its format 'scsa-style-inversion/one' is not one any version of the SCSA pack writes", True),
+    ("no steps", _changed("frozen", _set(steps=None)),
+     r"its metadata has no 'steps' \(the number of inversion steps\): the file is damaged", True),
+    ("steps that are no number", _changed("frozen", _set(steps="four")),
+     r"its metadata 'steps' is 'four', not a number of steps from 1 to 1000", True),
+    ("another number of steps than its trajectory", _changed("frozen", _set(steps="5")),
+     r"its trajectory is not the one of a 5-step inversion: missing trajectory\.201\.style, .*; timesteps it "
+     r"should not have: trajectory\.251\.style", True),
+    ("an unknown storage", _changed("frozen", _set(storage="disk")),
+     r"its metadata 'storage' is 'disk', not one of memory, offload, recompute", True),
+    ("blocks that are no list", _changed("frozen", _set(blocks="output 6-11")),
+     r"its metadata 'blocks' is 'output 6-11', not a JSON list of blocks", True),
+    ("a block that does not parse", _changed("frozen", _set(blocks='["output.0"]')),
+     r"its metadata 'blocks' is .*not a JSON list of blocks", True),
+    ("a feature dtype that is no dtype", _changed("features", _set(feature_dtype="float99")),
+     r"its metadata 'feature_dtype' is 'float99', which is no feature dtype", True),
+    ("a feature dtype that is a torch name but no dtype", _changed("features", _set(feature_dtype="Tensor")),
+     r"its metadata 'feature_dtype' is 'Tensor', which is no feature dtype", True),
+    ("a trajectory name that does not parse", _changed("frozen", _rename("trajectory.1.style", "trajectory.1.x.style")),
+     r"1 tensor name\(s\) that are not in its format's layout \(trajectory\.1\.x\.style\)", True),
+    ("a timestep that is no number", _changed("frozen", _rename("trajectory.1.style", "trajectory.one.style")),
+     r"1 tensor name\(s\) that are not in its format's layout \(trajectory\.one\.style\)", True),
+    ("features named in another layout", _changed("features", _rename("features.1.output.1.0.style", "features.1.style")),
+     r"1 tensor name\(s\) that are not in its format's layout \(features\.1\.style\); expected latent, "
+     r"map_latent, map_image, trajectory\.<timestep>\.<style\|style_map>", True),
+    ("a missing trajectory step", _changed("frozen", _tensor("trajectory.999.style", None)),
+     r"its trajectory is not the one of a 4-step inversion: missing trajectory\.999\.style", True),
+    ("a trajectory latent of another shape", _changed("frozen", _tensor("trajectory.1.style", torch.zeros(1, 4, 4, 5))),
+     r"1 trajectory latent\(s\) do not fit its latent F32 \[1, 4, 4, 4\] \(trajectory\.1\.style is F32 \[1, 4, 4, 5\]\)",
+     True),
+    ("a map latent of another size", _changed("frozen", _tensor("map_latent", torch.zeros(1, 4, 8, 8))),
+     r"its map_latent is F32 \[1, 4, 8, 8\], but its latent is F32 \[1, 4, 4, 4\]", True),
+    ("style_map tensors without a map latent", _changed("frozen", _tensor("map_latent", None)),
+     r"it has style_map tensors \(trajectory\.1\.style_map, .*\) but no map_latent", True),
+    ("a map image that is no colour map", _changed("frozen", _tensor("map_image", torch.zeros(32, 32, 4, dtype=torch.uint8))),
+     r"its map_image is U8 \[32, 32, 4\], not a colour map", True),
+    ("a latent that is no latent", _changed("frozen", _tensor("latent", torch.zeros(4, 4, 4))),
+     r"its latent is F32 \[4, 4, 4\], not a floating-point \[1, channels, height, width\] latent", True),
+    ("an integer latent", _changed("frozen", _tensor("latent", lambda x: x.long())),
+     r"its latent is I64 \[1, 4, 4, 4\], not a floating-point", True),
+    ("no latent", _changed("frozen", _tensor("latent", None)), r"it has no 'latent' tensor", True),
+    ("features that fit no grid of the latent", _changed(
+        "features", _tensor("features.1.output.1.0.style", torch.zeros(1, 15, 8, dtype=torch.float16))),
+     r"feature 'features\.1\.output\.1\.0\.style' has 15 tokens, which is no attention grid of its 8 x 8 latent", True),
+    ("features of another dtype than its metadata", _changed(
+        "features", _tensor("features.1.output.1.0.style", lambda x: x.float())),
+     r"feature 'features\.1\.output\.1\.0\.style' is F32 \[1, 16, 8\], not F16 \[1, tokens, channels\]", True),
+    ("features at a step the inversion has not", _changed(
+        "features", _rename("features.1.output.1.0.style", "features.2.output.1.0.style")),
+     r"its features are not those of a 2-step inversion at its 1 blocks: missing features\.1\.output\.1\.0\.style; "
+     r"not expected: features\.2\.output\.1\.0\.style", True),
+    ("'recompute' storage with features", _changed("features", _set(storage="recompute")),
+     r"its metadata says 'recompute' storage \(latents only\), but it holds features", True),
+    ("'memory' storage without features", _changed("frozen", _set(storage="memory")),
+     r"its metadata says 'memory' storage, but it holds no features", True),
+    ("a NaN in its latent", _changed("frozen", _tensor("latent", _nan)),
+     r"1 tensor\(s\) hold NaN or infinity \(latent\): the file is damaged", False),
+    ("a grid that does not hold its features", _changed(
+        "features", _tensor("grid.output.1.0.style", torch.tensor([3, 3]))),
+     r"grid 'grid\.output\.1\.0\.style' is \[3, 3\], which does not hold the 16 tokens of its features", False),
+]
+
+
+@pytest.mark.parametrize("case, make, message, from_header", CASES, ids=[case[0] for case in CASES])
+def test_a_damaged_or_foreign_style_file_gets_a_clear_error(style_reuse, features_file, tmp_path, case, make,
+                                                            message, from_header):
+    path = tmp_path / "library" / "shared.safetensors"
+    path.parent.mkdir()
+    make(path, features_file)
+    expected = r"^style file 'library/shared\.safetensors': " + message
+    with pytest.raises(style_reuse.StyleFileError, match=expected):
+        style_reuse.load_style(str(path), "library/shared.safetensors")
+    if from_header:   # what the node says when the prompt is queued, before anything runs
+        with pytest.raises(style_reuse.StyleFileError, match=expected):
+            style_reuse.check_style_file(str(path), "library/shared.safetensors")
+    else:
+        style_reuse.check_style_file(str(path), "library/shared.safetensors")
+
+
+def test_the_valid_files_of_the_table_load(style_reuse, features_file):
+    """The bases the cases are made from are good files: each case's error is its change's."""
+    style, map_image = style_reuse.load_style(str(features_file))
+    assert style.storage == "memory" and style.bank.grid(("output", 1, 0), "style_map") == (4, 4)
+    assert map_image.shape == (64, 64, 3)
+    style, map_image = style_reuse.load_style(str(frozen.FIXTURE))
+    assert style.steps == frozen.STEPS and style.bank is None and sorted(style.trajectory) == [1, 251, 501, 751, 999]
