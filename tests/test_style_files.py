@@ -15,6 +15,8 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -291,3 +293,197 @@ def test_the_valid_files_of_the_table_load(style_reuse, features_file):
     assert map_image.shape == (64, 64, 3)
     style, map_image = style_reuse.load_style(str(frozen.FIXTURE))
     assert style.steps == frozen.STEPS and style.bank is None and sorted(style.trajectory) == [1, 251, 501, 751, 999]
+
+
+# --------------------------------------------------------------------------------- fuzzing
+@pytest.fixture(scope="module")
+def fuzz_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def _load_or_refuse(style_reuse, path):
+    """Loading ``path`` gives a style or a StyleFileError naming it: never another exception."""
+    try:
+        return style_reuse.load_style(str(path), "fuzzed.safetensors")
+    except style_reuse.StyleFileError as e:
+        assert str(e).startswith("style file 'fuzzed.safetensors': "), e
+        return None
+
+
+_GOOD_METADATA = {"format": "scsa-style-inversion/1", "steps": "4", "storage": "recompute",
+                  "blocks": '["output.0.0", "output.1.0"]', "feature_dtype": ""}
+_METADATA_VALUES = st.one_of(st.text(max_size=12), st.sampled_from(
+    list(_GOOD_METADATA.values()) + ["scsa-style-inversion/2", "scsa-style-inversion/0", "scsa-style-inversion/",
+                                     "0", "-4", "4.0", "١", "1001", "memory", "offload", "[]", '["output"]', "{}",
+                                     '["output.0.0"', "float16", "Tensor", "float99"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(metadata=st.dictionaries(st.one_of(st.sampled_from(sorted(_GOOD_METADATA)), st.text(max_size=6)),
+                                _METADATA_VALUES, max_size=7),
+       keep=st.sets(st.sampled_from(sorted(_GOOD_METADATA))))
+def test_fuzzed_metadata_loads_or_gets_a_clear_error(style_reuse, fuzz_folder, metadata, keep):
+    metadata = dict(metadata, **{key: _GOOD_METADATA[key] for key in keep})
+    tensors, _ = _contents(frozen.FIXTURE)
+    path = fuzz_folder / "metadata.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    loaded = _load_or_refuse(style_reuse, path)
+    if loaded is not None:   # only the metadata today's code writes is accepted
+        assert {key: metadata[key] for key in _GOOD_METADATA} == _GOOD_METADATA
+
+
+_NAMES = st.one_of(st.text(alphabet="trajectoryfeaturesgridstylemapoutpin._0123456789", max_size=40), st.sampled_from([
+    "latent", "map_latent", "map_image", "trajectory.1.style", "trajectory.999.style_map", "trajectory.1.2.style",
+    "trajectory..style", "features.1.output.1.0.style", "features.1.output.1.style", "features.1.style",
+    "grid.output.1.0.style", "grid.output.1.0", "trajectory.00001.style", "trajectory.1.style.style"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(base=st.sampled_from(["frozen", "features"]), renames=st.lists(st.tuples(st.integers(0, 64), _NAMES),
+                                                                     min_size=1, max_size=3))
+def test_fuzzed_tensor_names_load_or_get_a_clear_error(style_reuse, features_file, fuzz_folder, base, renames):
+    tensors, metadata = _contents(frozen.FIXTURE if base == "frozen" else features_file)
+    for index, name in renames:
+        old = sorted(tensors)[index % len(tensors)]
+        tensors[name] = tensors.pop(old)
+    path = fuzz_folder / "names.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    _load_or_refuse(style_reuse, path)
+
+
+_SIZES = st.integers(-2, 70)
+
+
+@settings(max_examples=60, deadline=None)
+@given(entries=st.dictionaries(st.sampled_from(["latent", "map_latent", "trajectory.1.style", "__metadata__"]),
+                               st.fixed_dictionaries({
+                                   "dtype": st.one_of(st.sampled_from(["F32", "F16", "U8", "I64", "F99", "f32", ""]),
+                                                      st.integers()),
+                                   "shape": st.one_of(st.lists(_SIZES, max_size=4), st.text(max_size=3)),
+                                   "data_offsets": st.lists(_SIZES, min_size=0, max_size=3)}), max_size=3),
+       data=st.binary(max_size=80))
+def test_fuzzed_headers_load_or_get_a_clear_error(style_reuse, fuzz_folder, entries, data):
+    path = fuzz_folder / "header.safetensors"
+    path.write_bytes(_raw(entries, data))
+    _load_or_refuse(style_reuse, path)
+
+
+# ----------------------------------------------------------------------------------- saving
+def test_saving_never_overwrites_a_file(style_reuse, tmp_path):
+    path = tmp_path / "kept.safetensors"
+    shutil.copyfile(frozen.FIXTURE, path)
+    style, map_image = style_reuse.load_style(str(path))
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="kept.safetensors exists already; it is never overwritten"):
+        style_reuse.save_style(str(path), style, map_image)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["kept.safetensors"]
+    style_reuse.save_style(str(tmp_path / "again.safetensors"), style, map_image)
+    again, again_map = style_reuse.load_style(str(tmp_path / "again.safetensors"))
+    assert torch.equal(again.trajectory[999]["style"], style.trajectory[999]["style"])
+    assert torch.equal(again_map, map_image)
+
+
+def _save_prompt(checkpoint: str, images: dict, prefix: str) -> dict:
+    prompt = frozen.style_prompt(checkpoint, images)
+    prompt["save"] = {"class_type": "SCSASaveStyleInversion", "inputs": {
+        "inversion": ["invert", 0], "filename_prefix": prefix, "style": 1, "style_map_image": ["style_map", 0]}}
+    return prompt
+
+
+def _files(folder) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("stop", ["Cancel", "a crash"])
+def test_a_save_stopped_midway_leaves_no_file(comfy, frozen_checkpoint, frozen_images, style_folder, monkeypatch,
+                                             stop):
+    import comfy.model_management as mm
+    files = pack_module("nodes/safetensors_file.py")
+    real_save_file = files.save_file
+
+    def stopped_midway(tensors, path, metadata=None):
+        real_save_file(tensors, path, metadata=metadata)
+        with open(path, "r+b") as written:   # half of it is on the disk when the stop comes
+            written.truncate(written.seek(0, 2) // 2)
+        if stop == "Cancel":
+            mm.interrupt_current_processing(True)   # what the Cancel button does
+            mm.throw_exception_if_processing_interrupted()
+        raise OSError(28, "No space left on device")
+
+    prompt = _save_prompt(frozen_checkpoint, frozen_images, f"stopped_{stop[-5:]}")
+    monkeypatch.setattr(files, "save_file", stopped_midway)
+    try:
+        with pytest.raises(PromptError, match=None if stop == "Cancel" else "No space left on device"):
+            comfy.run_prompt(prompt, outputs=["save"])
+    finally:
+        mm.interrupt_current_processing(False)
+    events = [event for event, data in comfy.last_result.messages
+              if event in ("execution_interrupted", "execution_error") and data.get("node_id") == "save"]
+    assert events == ["execution_interrupted" if stop == "Cancel" else "execution_error"]
+    assert _files(style_folder) == [], "a stopped save left a file"
+    monkeypatch.setattr(files, "save_file", real_save_file)
+    comfy.run_prompt(prompt, outputs=["save"])
+    assert _files(style_folder) == [f"stopped_{stop[-5:]}_00001.safetensors"]
+
+
+def test_a_save_takes_the_next_number_when_its_name_was_taken_meanwhile(comfy, frozen_checkpoint, frozen_images,
+                                                                        style_folder, monkeypatch):
+    shutil.copyfile(frozen.FIXTURE, style_folder / "race_00001.safetensors")
+    before = (style_folder / "race_00001.safetensors").read_bytes()
+    real = comfy.folder_paths.get_save_image_path
+
+    def scanned_before_the_other_save(prefix, folder, *args, **kwargs):
+        found = real(prefix, folder, *args, **kwargs)
+        return found[:2] + (1,) + found[3:]   # the number the other save has taken since
+    monkeypatch.setattr(comfy.folder_paths, "get_save_image_path", scanned_before_the_other_save)
+    comfy.run_prompt(_save_prompt(frozen_checkpoint, frozen_images, "race"), outputs=["save"])
+    assert _files(style_folder) == ["race_00001.safetensors", "race_00002.safetensors"]
+    assert (style_folder / "race_00001.safetensors").read_bytes() == before
+
+
+# ------------------------------------------------------------------- what a user sees in ComfyUI
+def _load_prompt(checkpoint: str, images: dict, style_file: str) -> dict:
+    prompt = frozen.style_prompt(checkpoint, images)
+    prompt["load_style"] = {"class_type": "SCSALoadStyleInversion", "inputs": {"style_file": style_file}}
+    prompt["invert"]["inputs"].update(style=["load_style", 0], style_map=["load_style", 1])
+    prompt["pair"]["inputs"]["style_map"] = ["load_style", 2]
+    for node in ("style", "style_map", "z_style", "z_style_map"):
+        del prompt[node]
+    return prompt
+
+
+@pytest.mark.parametrize("case, message", [
+    ("an interrupted copy", r"style_file - style file 'shared/damaged\.safetensors': the file is cut off: its "
+                            r"tensors need 6144 bytes after the header, but only 5144 follow"),
+    ("a newer format", r"style_file - style file 'shared/damaged\.safetensors': an SCSA style inversion of a newer "
+                       r"format \(scsa-style-inversion/2\) .*: update the SCSA node pack to load it"),
+    ("no steps", r"style_file - style file 'shared/damaged\.safetensors': its metadata has no 'steps'"),
+])
+def test_a_damaged_style_file_is_refused_when_the_prompt_is_queued(comfy, frozen_checkpoint, frozen_images,
+                                                                   style_folder, features_file, case, message):
+    (style_folder / "shared").mkdir(exist_ok=True)
+    path = style_folder / "shared" / "damaged.safetensors"
+    path.unlink(missing_ok=True)
+    next(make for name, make, *_ in CASES if name == case)(path, features_file)
+    with pytest.raises(PromptError, match=r"prompt failed validation: .*" + message) as refused:
+        comfy.run_prompt(_load_prompt(frozen_checkpoint, frozen_images, "shared/damaged.safetensors"),
+                         outputs=["sample"])
+    assert "load_style" in refused.value.details["node_errors"]
+
+
+def test_a_style_file_deleted_between_queue_and_run_gets_a_clear_error(comfy, frozen_checkpoint, frozen_images,
+                                                                       style_folder, monkeypatch):
+    path = style_folder / "gone.safetensors"
+    shutil.copyfile(frozen.FIXTURE, path)
+    real = comfy.validate
+
+    def validate_then_delete(*args, **kwargs):
+        targets = real(*args, **kwargs)
+        path.unlink()   # the user tidies the library while the prompt waits in the queue
+        return targets
+    monkeypatch.setattr(comfy, "validate", validate_then_delete)
+    comfy.reset_cache()
+    with pytest.raises(PromptError, match=r"node load_style \(SCSALoadStyleInversion\) failed: \S*StyleFileError: style "
+                                          r"file 'gone\.safetensors': the file is gone \(deleted or moved after the "
+                                          r"prompt was queued\?\)"):
+        comfy.run_prompt(_load_prompt(frozen_checkpoint, frozen_images, "gone.safetensors"), outputs=["sample"])
