@@ -35,6 +35,7 @@ from ..scsa_core.feedforward import (PRESETS, SCSAWeights, WeightsError, build_m
                                      parts_from_files, stylize, working_size)
 from ..scsa_core.feedforward.stylize import OUTPUT_SIZES, progress_total
 from .model_folders import register_model_folder
+from .safetensors_file import SAFETENSORS_EXTENSIONS, SafetensorsFileError, check_before_loading
 from .semantic_nodes import Semantics
 
 CATEGORY = "SCSA"
@@ -60,7 +61,7 @@ def _is_weight_file(name: str) -> bool:
 
 
 def _is_combined_file(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in (".safetensors", ".sft")
+    return os.path.splitext(name)[1].lower() in SAFETENSORS_EXTENSIONS
 
 
 def list_model_sets() -> list[str]:
@@ -106,6 +107,15 @@ def _signature(path: str) -> tuple:
     return tuple((f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in _files_of(path))
 
 
+def check_weight_file(path: str) -> None:
+    """What one weight file's first bytes tell before it is loaded (a cut-off copy, another kind
+    of file under a weight file's name), as a WeightsError naming the file."""
+    try:
+        check_before_loading(path)
+    except SafetensorsFileError as e:
+        raise WeightsError(f"{os.path.basename(path)}: {e}") from None
+
+
 def read_weights(path: str) -> tuple[dict, dict]:
     """One weight file as ``(state dict, metadata)``, with ComfyUI's safe loader only.
 
@@ -113,16 +123,19 @@ def read_weights(path: str) -> tuple[dict, dict]:
     code (a whole pickled model, custom classes) is refused, never loaded another way.
     """
     name = os.path.basename(path)
+    check_weight_file(path)
     try:
         state_dict, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(
+        raise WeightsError(
             f"{name}: refused. The file is a pickle that needs to run code to load (e.g. a whole model "
             f"saved with torch.save(model)), and this pack only loads weights safely. Use the file as its "
             f"authors publish it (a plain state dict), or convert it to .safetensors on a machine you "
             f"trust. ({str(e).splitlines()[0]})") from None
-    except Exception as e:   # corrupt files, wrong formats: name the file
-        raise ValueError(f"{name}: cannot be read as weights: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except Exception as e:   # damaged inside (the first bytes looked right): name the file
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(f"{name}: cannot be read as weights: the file is damaged or cut off (an interrupted "
+                           f"download?); download it again ({detail})") from None
     return state_dict, dict(metadata or {})
 
 
@@ -155,7 +168,7 @@ def load_model_set(name: str) -> FeedForwardModel:
             variant, parts, notes = parts_from_combined(state_dict, metadata, source=os.path.basename(path))
         model = build_model(variant, parts)
     except WeightsError as e:
-        raise ValueError(f"model_name {name!r}: {e}") from None
+        raise WeightsError(f"model_name {name!r}: {e}") from None
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                                offload_device=comfy.model_management.unet_offload_device())
     loaded = FeedForwardModel(name, variant, patcher, notes)
@@ -190,6 +203,22 @@ class SCSAFeedForwardLoader(io.ComfyNode):
             return _signature(resolve_model_set(model_name))
         except (ValueError, OSError):
             return None
+
+    @classmethod
+    def validate_inputs(cls, model_name):
+        # When the prompt is queued: a missing set, or a cut-off or foreign file (from its first
+        # bytes; the keys and shapes are checked when the set is loaded). A value that arrives
+        # through a link is not known yet.
+        if not isinstance(model_name, str):
+            return True
+        try:
+            for path in _files_of(resolve_model_set(model_name)):
+                check_weight_file(path)
+        except WeightsError as e:
+            return f"model_name {model_name!r}: {e}"
+        except (ValueError, OSError) as e:
+            return str(e)
+        return True
 
     @classmethod
     def execute(cls, model_name):

@@ -127,7 +127,10 @@ class SCSALoadStyleInversion(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, style_file):
         # When the prompt is queued: a damaged, foreign or newer file is refused from its header
-        # (a few KB read), before SCSAInvert spends minutes on the content.
+        # (a few KB read), before SCSAInvert spends minutes on the content. A value that arrives
+        # through a link is not known yet.
+        if not isinstance(style_file, str):
+            return True
         path = folder_paths.get_full_path(FOLDER, style_file)
         if path is None:
             return f"style_file: {style_file!r} was not found in models/{FOLDER}"

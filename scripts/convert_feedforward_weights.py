@@ -10,11 +10,14 @@ needed). Every file is read with ``torch.load(weights_only=True)`` (a pickle tha
 code is refused), every key and shape is checked, and the parts are written under the prefixes
 ``vgg.``, ``embedding.``, ``decoder.``, ``transformer.`` with metadata ``variant``: the single
 file ``Load Style Transfer Model (SCSA)`` accepts. SANet's unused VGG convs (after relu5_1) are
-left out (80 MB -> 52 MB for the VGG part).
+left out (80 MB -> 52 MB for the VGG part). A cut-off or renamed input file is named before it is
+read (nodes/safetensors_file.py, as the loader node does). OUT is written whole or not at all and
+never over an existing file.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import pickle
 import sys
 from pathlib import Path
@@ -30,8 +33,27 @@ from scsa_core.feedforward.weights import WeightsError, combine_parts, parts_fro
 EXTENSIONS = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".sft")
 
 
+def _safetensors_file():
+    """nodes/safetensors_file.py, loaded by its path: the pack's ``nodes`` package imports
+    ComfyUI, and a top-level ``nodes`` may be ComfyUI's own module."""
+    name = "scsa_safetensors_file"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "nodes" / "safetensors_file.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module   # where its dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+FILES = _safetensors_file()
+
+
 def read(path: Path) -> dict:
-    if path.suffix.lower() in (".safetensors", ".sft"):
+    try:
+        FILES.check_before_loading(path)
+    except FILES.SafetensorsFileError as e:
+        raise SystemExit(f"{path.name}: {e}") from None
+    if path.suffix.lower() in FILES.SAFETENSORS_EXTENSIONS:
         from safetensors.torch import load_file
         return load_file(str(path))
     try:
@@ -39,6 +61,9 @@ def read(path: Path) -> dict:
     except pickle.UnpicklingError as e:
         raise SystemExit(f"{path.name}: refused, the file is a pickle that needs to run code to load "
                          f"({str(e).splitlines()[0]})") from None
+    except Exception as e:   # damaged inside: the first bytes looked right
+        raise SystemExit(f"{path.name}: cannot be read: the file is damaged or cut off "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     return state_dict.get("state_dict", state_dict) if isinstance(state_dict, dict) else state_dict
 
 
@@ -49,8 +74,7 @@ def convert(folder: Path, out: Path) -> str:
     for note in notes:
         print(note)
     combined, metadata = combine_parts(variant, parts)
-    from safetensors.torch import save_file
-    save_file(combined, str(out), metadata=metadata)
+    FILES.write_new(out, combined, metadata)
     return variant
 
 
@@ -63,9 +87,13 @@ def main(argv=None) -> None:
         raise SystemExit(f"{args.folder}: not a folder")
     if args.out.suffix.lower() != ".safetensors":
         raise SystemExit(f"{args.out}: the output must end in .safetensors")
+    if args.out.exists():
+        raise SystemExit(f"{args.out}: exists already; choose another name or remove it first")
     try:
         variant = convert(args.folder, args.out)
     except WeightsError as e:
+        raise SystemExit(str(e)) from None
+    except FileExistsError as e:   # written meanwhile by something else
         raise SystemExit(str(e)) from None
     print(f"wrote {args.out} ({variant}, {args.out.stat().st_size / 2 ** 20:.0f} MB)")
 
