@@ -11,7 +11,8 @@ two prompts (or a batch of contents meets one style), the style's inversion is t
   conditioning, the latents, steps, blocks and storage. A key that cannot be checked is a miss.
   It is bounded in entries and in the bytes of stored features.
 * :func:`save_style` / :func:`load_style` write a style's inversion to a safetensors file and
-  read it back (the safe loader only). A loaded style is checked against the model it meets
+  read it back (the format below; the file is checked from its header before any tensor is
+  read, every problem is a :class:`StyleFileError`). A loaded style is checked against the model it meets
   (steps, blocks, latent channels, and one model call on its trajectory: another model, or
   another conditioning, predicts another noise) before it is used.
 

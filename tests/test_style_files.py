@@ -487,3 +487,9 @@ def test_a_style_file_deleted_between_queue_and_run_gets_a_clear_error(comfy, fr
                                           r"file 'gone\.safetensors': the file is gone \(deleted or moved after the "
                                           r"prompt was queued\?\)"):
         comfy.run_prompt(_load_prompt(frozen_checkpoint, frozen_images, "gone.safetensors"), outputs=["sample"])
+
+
+def test_every_format_up_to_todays_has_a_reader(style_reuse):
+    """A newer format must keep the readers of the older ones: libraries outlive versions."""
+    assert sorted(style_reuse._READERS) == list(range(1, style_reuse.FORMAT_VERSION + 1))
+    assert style_reuse.FILE_FORMAT == f"scsa-style-inversion/{style_reuse.FORMAT_VERSION}"
