@@ -44,7 +44,6 @@ from ..scsa_core.block import (SCSAParams, inject, project_references, reference
 from ..scsa_core.features import STYLE_IMAGES, FeatureBank
 from ..scsa_core.labels import SemanticLabels
 from ..scsa_core.schedules import InjectionTiming
-from .families import UNetFamily, block_key
 
 RUN_KEY = "scsa_run"
 SETTINGS_KEY = "scsa_settings"
@@ -290,16 +289,15 @@ class AttentionPatch:
     itself, so ``ModelPatcher.clone()`` shares it instead of copying it.
     """
 
-    def __init__(self, family: UNetFamily):
-        self.family = family
+    def __init__(self, family):
+        self.family = family   # a UNet family: block keys and each block's layers
 
     def __deepcopy__(self, memo):
         return self
 
-    @staticmethod
-    def _active(extra_options):
+    def _active(self, extra_options):
         run = extra_options.get(RUN_KEY)
-        key = block_key(extra_options)
+        key = self.family.block_key(extra_options)
         if run is None or key is None or not run.acts_on(key):
             return None, key
         return run, key

@@ -7,13 +7,17 @@ these functions too.
 
   invert:        latents -> family_of(model).resolve_blocks -> choose_storage
                  -> styles known already (a saved file, checked; or STYLE_CACHE) are adopted
-                 -> run_ddim(ddim_invert) with a RecordRun per latent size (the rest)
+                 -> run_sampler(parameterisation.invert) with a RecordRun per latent size
+                    (the rest), on the model's own sigmas (parameterisation.plan_inversion)
                  -> SCSAInversion; the newly inverted styles go into STYLE_CACHE
   style_sample:  SCSAInversion + apply_settings(model) -> initial_latent
-                 -> run_ddim(ddim_sample) with an InjectRun (+ RecordRun for a style of
-                    another size under recompute storage) -> latent
-                 each step: ddim_sample's before_step tells the InjectRun its index, which
+                 -> run_sampler(parameterisation.sample) with an InjectRun (+ RecordRun for a
+                    style of another size under recompute storage) -> latent
+                 each step: the loop's before_step tells the InjectRun its index, which
                  picks the step's strength from SCSAApply's timing (0: plain attention)
+
+The family (``nodes/families``) decides everything model-specific: blocks, hooks, and through
+its parameterisation the sigmas, the loops and how the start latent enters ComfyUI.
 """
 from __future__ import annotations
 
@@ -27,11 +31,9 @@ import comfy.utils
 
 from ..scsa_core.adain import adain, semantic_adain
 from ..scsa_core.features import MAP_OF, STREAMS, STYLE_IMAGES, FeatureBank
-from ..scsa_core.schedules import ddim_invert, ddim_sample, implied_noise, inversion_schedule, sampling_schedule
-from .families import alphas_cumprod, family_of
-from .injection import (ApplySettings, AttentionPatch, InjectRun, RecordRun, apply_settings, check_style_count,
-                        grid_labels)
-from .sampling import preview_reporter, run_ddim
+from .families import family_of
+from .injection import ApplySettings, InjectRun, RecordRun, apply_settings, check_style_count, grid_labels
+from .sampling import preview_reporter, run_sampler
 from .style_reuse import MODEL_CHECK_TOLERANCE, STYLE_CACHE, InvertedStyle, StyleCache
 from .validation import check_conditioning, inversion_batches, log_map_sizes
 
@@ -45,7 +47,7 @@ INIT_MODES = ("auto", "semantic AdaIN", "AdaIN", "none")
 class SCSAInversion:
     """What SCSAInvert hands to SCSAStyleSampler (read-only once built)."""
     bank: FeatureBank         # recorded block inputs; empty with recompute storage
-    trajectory: dict          # t -> {stream: [1, C, h, w]} latents in the model's scaled space
+    trajectory: dict          # step key -> {stream: [1, C, h, w]} latents in the model's scaled space
     streams: tuple            # the inverted streams, from scsa_core.features.STREAMS
     batches: tuple            # the streams grouped by size (content's first): recompute's sampling batches
     steps: int
@@ -164,15 +166,19 @@ def noise_mismatch(model_patcher, conditioning, style: InvertedStyle) -> float:
     """How far this model's noise prediction on a saved style's trajectory is from the one the
     inversion used (relative L2; one model call at the middle step). Near 0: the same model and
     conditioning; another model or prompt gives tens of percent."""
-    schedule = inversion_schedule(style.steps)
-    t, t_next = schedule[len(schedule) // 2]
-    x, x_next = style.trajectory[t]["style"], style.trajectory[t_next]["style"]
-    alphas = alphas_cumprod(model_patcher)
-    device = comfy.model_management.get_torch_device()
-    eps = run_ddim(model_patcher, conditioning, torch.zeros(x.shape),
-                   lambda eps_fn, _: eps_fn(x.to(device), t), None, total_steps=1, scaled_input=False)
-    used = implied_noise(x.double().cpu(), x_next.double().cpu(), alphas[t], alphas[t_next])
-    return float((eps.double().cpu() - used).norm() / used.norm().clamp_min(1e-12))
+    parameterisation = family_of(model_patcher).parameterisation
+    plan = parameterisation.plan_inversion(model_patcher, style.steps)
+    trajectory = {key: row["style"] for key, row in style.trajectory.items()}
+
+    found = {}
+
+    def loop(denoise, x, sigmas, noise):
+        found["mismatch"] = parameterisation.mismatch(denoise, trajectory, plan.keys, sigmas, plan.steps // 2)
+        return x  # one model call, no sampling: ComfyUI's output is not used
+
+    run_sampler(model_patcher, conditioning, plan.sigmas, plan.keys, loop, None, torch.zeros_like(style.latent),
+                style.latent, progress=comfy.utils.ProgressBar(1))
+    return found["mismatch"]
 
 
 def _reusable_styles(model_patcher, conditioning, connected: dict, saved: dict, steps: int, keys: frozenset,
@@ -247,25 +253,28 @@ def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None],
     recording = storage != "recompute"
     bank = FeatureBank(streams if recording else (), dtype=dtype, device=device)
     if recording:
-        AttentionPatch(family).install(recorder, sorted(keys))
-    alphas = alphas_cumprod(recorder)
-    schedule = inversion_schedule(steps)
-    trajectory: dict[int, dict[str, torch.Tensor]] = {}
+        family.install(recorder, keys)
+    parameterisation = family.parameterisation
+    plan = parameterisation.plan_inversion(recorder, steps)
+    trajectory: dict = {}
     # Images of one size share a batch (the fastest on a GPU, and a one-style run stays what it
     # was). A reused style leaves the content in a smaller batch, whose rounding may differ from
     # the joint batch's in the last bits: far below what an 8-bit image shows.
     batches_now = inversion_batches(to_invert)
-    progress = comfy.utils.ProgressBar(len(batches_now) * len(schedule))
+    progress = comfy.utils.ProgressBar(len(batches_now) * plan.steps)
     for batch in batches_now:
-        def loop(eps_fn, x):
-            for t, stacked in ddim_invert(eps_fn, x, schedule, alphas).items():
-                rows = trajectory.setdefault(t, {})
-                rows.update({name: stacked[row:row + 1].detach().to(device) for row, name in enumerate(batch)})
-            return x
+        def keep(key, stacked, batch=batch):
+            rows = trajectory.setdefault(key, {})
+            rows.update({name: stacked[row:row + 1].detach().to(device) for row, name in enumerate(batch)})
+
+        def loop(denoise, x, sigmas, noise, keep=keep):
+            return parameterisation.invert(denoise, x, sigmas, plan.keys, on_latent=keep)
 
         run = RecordRun(bank, keys, streams=batch) if recording else None
-        run_ddim(recorder, conditioning, torch.cat([to_invert[name] for name in batch]), loop, run,
-                 total_steps=len(schedule), progress=progress)
+        clean = torch.cat([to_invert[name] for name in batch])
+        # ComfyUI's output of an inversion is not used: the loop keeps the whole trajectory.
+        run_sampler(recorder, conditioning, plan.sigmas, plan.keys, loop, run, torch.zeros_like(clean), clean,
+                    progress=progress)
     for name, style in reused.items():
         names = {part: stream for stream, part in _style_streams(name, streams).items()}
         if recording:
@@ -327,17 +336,17 @@ def style_sample(model_patcher, inversion: SCSAInversion, init: str = "auto",
     if settings.semantics is not None:
         check_style_count(settings.semantics, len(inversion.style_images))   # before sampling starts
         log_map_sizes(settings.semantics, inversion.latent_shape, inversion.style_shape)
-    schedule = sampling_schedule(inversion.steps, timesteps)
-    strengths = settings.timing.strengths(len(schedule.steps))
+    family = family_of(model_patcher)
+    parameterisation = family.parameterisation
+    plan = parameterisation.plan_sampling(model_patcher, inversion.steps, timesteps)
+    strengths = settings.timing.strengths(plan.steps)
     if not settings.timing.is_default:
         log.info("SCSAStyleSampler: injection on %d of %d steps (start %g, end %g, %s strength)",
                  sum(s > 0 for s in strengths), len(strengths), settings.timing.start, settings.timing.end,
                  settings.timing.strength_schedule)
-    start = initial_latent(inversion, settings, schedule.start_from, init)
-    alphas = alphas_cumprod(model_patcher)
+    start = initial_latent(inversion, settings, plan.start_key, init)
     sampler_model = model_patcher.clone()
-    AttentionPatch(family_of(sampler_model)).install(sampler_model, sorted(inversion.blocks))
-    device = comfy.model_management.get_torch_device()
+    family.install(sampler_model, inversion.blocks)
 
     if inversion.storage == "recompute":
         inline, others = inversion.batches[0], inversion.batches[1:]
@@ -346,30 +355,28 @@ def style_sample(model_patcher, inversion: SCSAInversion, init: str = "auto",
         run = InjectRun(step_bank, inversion.blocks, settings, inline_streams=inline, strengths=strengths)
         recorders = [(side, RecordRun(step_bank, inversion.blocks, streams=side)) for side in others]
 
-        def eps_with_references(eps_fn, x, t):
+        def references(eps_fn, x, key):
             step_bank.clear()
             if not run.injecting:  # a plain step: no references to recompute
-                return eps_fn(x, t)
+                return eps_fn(x, key)
             for side, recorder in recorders:
-                eps_fn(inversion.latents_at(t, side).to(x), t, recorder)
-            return eps_fn(torch.cat([x, inversion.latents_at(t, inline).to(x)]), t)[:x.shape[0]]
-        largest_call = 1 + len(inline)
+                eps_fn(inversion.latents_at(key, side).to(x), key, recorder)
+            return eps_fn(torch.cat([x, inversion.latents_at(key, inline).to(x)]), key)[:x.shape[0]]
+        # The first call's whole batch (the sample and the references riding with it) goes to
+        # ComfyUI, which sizes the memory it frees for the model by it.
+        first_call = torch.cat([start, inversion.latents_at(plan.keys[0], inline).to(start)])
     else:
         run = InjectRun(inversion.bank, inversion.blocks, settings, strengths=strengths)
+        references = None
+        first_call = start
 
-        def eps_with_references(eps_fn, x, t):
-            return eps_fn(x, t)
-        largest_call = 1
+    report = preview_reporter(sampler_model, plan.steps)
 
-    report = preview_reporter(sampler_model, len(schedule.steps))
+    def loop(denoise, x, sigmas, noise):
+        return parameterisation.sample(denoise, noise, sigmas, plan.keys, on_step=report,
+                                       before_step=run.begin_step, references=references)
 
-    def loop(eps_fn, _):
-        return ddim_sample(lambda x, t: eps_with_references(eps_fn, x, t), start.to(device), schedule, alphas,
-                           on_step=lambda index, t, x, predicted_x0: report(index, predicted_x0),
-                           before_step=lambda index, t: run.begin_step(index))
-
-    # The shape tells ComfyUI how much memory the largest model call needs.
-    shape = (largest_call,) + tuple(inversion.latent_shape[1:])
-    latent = run_ddim(sampler_model, inversion.conditioning, torch.zeros(shape), loop, run,
-                      total_steps=len(schedule.steps), scaled_input=False, count_calls=False)
-    return sampler_model.model.process_latent_out(latent.to(torch.float32)).cpu()
+    noise, latent = parameterisation.sampler_inputs(sampler_model.model, first_call, plan.sigmas[0])
+    _, output = run_sampler(sampler_model, inversion.conditioning, plan.sigmas, plan.keys, loop, run, noise, latent,
+                            count_calls=False)
+    return output

@@ -1,10 +1,10 @@
-"""Running scsa_core's DDIM loops through ComfyUI's own sampling path.
+"""Running the pack's inversion and sampling loops through ComfyUI's own sampling path.
 
-ComfyUI samplers see latents in k-diffusion form (``x = x_ddpm * sqrt(1 + sigma^2)``) and a
-model that returns the denoised latent. :func:`run_ddim` wraps a DDIM loop from
-``scsa_core.schedules`` as a ``KSAMPLER`` function, so model loading, conditioning, wrappers,
-other packs' patches and latent scaling all happen exactly as in a stock KSampler, while the
-loop itself stays a plain function over tensors in DDPM form.
+:func:`run_sampler` wraps a loop (a family parameterisation's, ``nodes/parameterisations.py``)
+as a ``KSAMPLER`` function and runs it with ``sample_custom`` on the model's own sigmas and the
+real latent, so model loading, conditioning, wrappers, other packs' patches, latent scaling and
+``transformer_options["sample_sigmas"]`` are exactly what a stock SamplerCustom gives, while
+the loop itself stays a plain function over tensors.
 """
 from __future__ import annotations
 
@@ -36,25 +36,30 @@ def preview_reporter(model_patcher, total_steps: int) -> Callable[[int, torch.Te
     return report
 
 
-def run_ddim(model_patcher, conditioning, latent: torch.Tensor, loop: Callable, run,
-             total_steps: int, scaled_input: bool = True, count_calls: bool = True,
-             progress: comfy.utils.ProgressBar | None = None) -> torch.Tensor:
-    """Run ``loop(eps_fn, x) -> x`` inside ComfyUI's sampler machinery; returns the loop's result.
+def run_sampler(model_patcher, conditioning, sigmas: torch.Tensor, keys, loop: Callable, run,
+                noise: torch.Tensor, latent: torch.Tensor, count_calls: bool = True,
+                progress: comfy.utils.ProgressBar | None = None):
+    """Run ``loop(denoise, x, sigmas, noise)`` as a ComfyUI ``KSAMPLER`` function through
+    ``sample_custom``; returns ``(loop result, ComfyUI's output latent)``.
 
-    latent: ``[B, C, H, W]`` ComfyUI latent (unscaled; ComfyUI scales it). With
-    ``scaled_input=False`` the loop ignores ``x`` and starts from latents it already holds in
-    the model's scaled space, and ``latent`` only gives the shape.
-    ``run`` (a RecordRun or InjectRun, or None for no SCSA at all) is handed to the attention
-    patch through ``transformer_options`` and told the timestep before each model call.
-    ``eps_fn(x, t, other_run=None)`` takes and returns DDPM-form tensors of any batch size;
-    ``other_run`` replaces ``run`` for that one call (recompute storage records the references
-    of another size that way). With ``count_calls`` the progress bar advances once per model
-    call out of ``total_steps``; without, the loop reports progress itself (``preview_reporter``).
-    Cancel is honoured before each call.
+    ComfyUI does what it does for any sampler: loads the model, prepares the conditioning,
+    scales ``latent`` in (``process_latent_in``), adds ``noise`` by the model's
+    ``noise_scaling`` at ``sigmas[0]``, puts ``sigmas`` into ``transformer_options
+    ["sample_sigmas"]``, runs wrappers, and scales the loop's result back out. ``noise`` and
+    ``latent`` (``[B, C, H, W]``) come from the family's parameterisation (``sampler_inputs``),
+    and ``B`` is the largest model call, which ComfyUI sizes its memory for.
+
+    The loop gets what any sampler function gets: ``x`` (the noised latent), ``sigmas``, and
+    ``noise``, the noise ComfyUI was given (as it hands it to its samplers' inpainting wrapper).
+    ``denoise(x, index, other_run=None)`` calls the model at ``sigmas[index]`` and returns the
+    denoised latent; ``run`` (a RecordRun or InjectRun, or None for no SCSA at all) rides in
+    ``transformer_options`` and is told ``keys[index]`` first; ``other_run`` replaces it for
+    that one call. With ``count_calls`` the progress bar advances once per call out of
+    ``len(sigmas) - 1`` (or ``progress``'s total); without, the loop reports progress itself
+    (``preview_reporter``). Cancel is honoured before each call.
     """
-    sigma_table = model_patcher.get_model_object("model_sampling").sigmas.detach()
     if count_calls and progress is None:   # a caller with several runs passes one bar for them all
-        progress = comfy.utils.ProgressBar(total_steps)
+        progress = comfy.utils.ProgressBar(len(sigmas) - 1)
     elif not count_calls:
         progress = None
     result = {}
@@ -71,28 +76,21 @@ def run_ddim(model_patcher, conditioning, latent: torch.Tensor, loop: Callable, 
 
         run_args = with_run(run)
 
-        def eps_fn(x_ddpm: torch.Tensor, t: int, other_run=None) -> torch.Tensor:
+        def denoise(x_model: torch.Tensor, index: int, other_run=None) -> torch.Tensor:
             comfy.model_management.throw_exception_if_processing_interrupted()
             active_run = run if other_run is None else other_run
             if active_run is not None:
-                active_run.set_step(t)
-            sigma = sigma_table[t].to(x_ddpm.device, torch.float32)
-            x_k = x_ddpm * torch.sqrt(1.0 + sigma ** 2)
+                active_run.set_step(keys[index])
             args = run_args if other_run is None else with_run(other_run)
-            denoised = model(x_k, sigma * x_k.new_ones([x_k.shape[0]]), **args)
+            denoised = model(x_model, sigmas[index] * x_model.new_ones([x_model.shape[0]]), **args)
             if progress is not None:
                 progress.update(1)
-            return (x_k - denoised) / sigma
+            return denoised
 
-        result["x"] = loop(eps_fn, x if scaled_input else None)
-        return result["x"]
+        result["loop"] = loop(denoise, x, sigmas, model.noise)
+        return result["loop"]
 
     sampler = comfy.samplers.KSAMPLER(sampler_function)
-    # Two sigmas are enough for ComfyUI's bookkeeping; the loop sets every sigma itself.
-    sigmas = torch.stack([sigma_table[-1], sigma_table[0]]).float().cpu()
-    noise = torch.zeros_like(latent)
-    if not scaled_input:
-        latent = torch.zeros_like(latent)  # all-zero latents are passed through unscaled
-    comfy.sample.sample_custom(model_patcher, noise, 1.0, sampler, sigmas, conditioning, conditioning,
-                               latent, noise_mask=None, callback=None, disable_pbar=True, seed=0)
-    return result["x"]
+    output = comfy.sample.sample_custom(model_patcher, noise, 1.0, sampler, sigmas, conditioning, conditioning,
+                                        latent, noise_mask=None, callback=None, disable_pbar=True, seed=0)
+    return result["loop"], output

@@ -222,7 +222,7 @@ def main(argv=None) -> None:
     runtime = start_comfy(comfyui_path(), Path(tempfile.mkdtemp(prefix="scsa_bench_")))
     runtime.load_pack(REPO)
     pack = SimpleNamespace(**{name: pack_module(path) for name, path in (
-        ("pipeline", "nodes/pipeline.py"), ("families", "nodes/families.py"),
+        ("pipeline", "nodes/pipeline.py"), ("families", "nodes/families/__init__.py"),
         ("diffusion_nodes", "nodes/diffusion_nodes.py"), ("labels", "scsa_core/labels.py"),
         ("style_reuse", "nodes/style_reuse.py"))})
     with torch.inference_mode():

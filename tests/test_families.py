@@ -66,7 +66,7 @@ EXPECTED_AUTO = {
 @pytest.mark.parametrize("family", ["sd15", "sd2", "sdxl"])
 def test_family_auto_blocks_and_full_run(family, comfy):
     diffusion_nodes = pack_module("nodes/diffusion_nodes.py")
-    families = pack_module("nodes/families.py")
+    families = pack_module("nodes/families/__init__.py")
     labels = pack_module("scsa_core/labels.py")
     patcher = _patcher(family)
     if family == "sd2":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import pytest
@@ -103,22 +104,10 @@ def test_scsa_runs_is_deterministic_and_changes_the_output(comfy, tiny_checkpoin
     assert torch.equal(_latent(again), scsa), "two runs of the same prompt differ"
 
     # Sampling the same inversion with injection switched off (no blocks) is plain DDIM.
-    injection = pack_module("nodes/injection.py")
-    sampling = pack_module("nodes/sampling.py")
     pipeline = pack_module("nodes/pipeline.py")
-    families = pack_module("nodes/families.py")
-    schedules = pack_module("scsa_core/schedules.py")
     model, inversion = first["apply"][0], first["invert"][0]
-    settings = injection.apply_settings(model)
-    schedule = schedules.sampling_schedule(inversion.steps, "official")
-    start = pipeline.initial_latent(inversion, settings, schedule.start_from, "auto")
-    alphas = families.alphas_cumprod(model)
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
-        plain = sampling.run_ddim(model, inversion.conditioning, torch.zeros(1, 4, SIZE // 8, SIZE // 8),
-                                  lambda eps_fn, _: schedules.ddim_sample(eps_fn, start, schedule, alphas),
-                                  injection.InjectRun(inversion.bank, frozenset(), settings),
-                                  total_steps=len(schedule.steps), scaled_input=False)
-        plain = model.model.process_latent_out(plain)
+        plain = pipeline.style_sample(model, dataclasses.replace(inversion, blocks=frozenset()), "auto", "official")
     difference = ((plain - scsa).norm() / scsa.norm()).item()
     assert difference > 1e-3, f"SCSA injection changed the latent by only {difference:.2e}"
 
@@ -208,7 +197,7 @@ def test_clear_errors(comfy, tiny_checkpoint, images):
 
 
 def test_model_without_unet_attention_is_refused(comfy):
-    families = pack_module("nodes/families.py")
+    families = pack_module("nodes/families/__init__.py")
 
     class DiT(torch.nn.Module):
         def __init__(self):
@@ -230,12 +219,13 @@ def test_model_without_unet_attention_is_refused(comfy):
 
 
 def test_block_parsing(comfy):
-    families = pack_module("nodes/families.py")
-    assert families.parse_blocks("output 6-11") == [("output", n) for n in range(6, 12)]
-    assert families.parse_blocks("output 6, 9-10; input 4") == [("output", 6), ("output", 9),
-                                                                ("output", 10), ("input", 4)]
+    blocks = pack_module("nodes/families/blocks.py")
+    names, example = ("input", "middle", "output"), "output 6-11"
+    assert blocks.parse_blocks("output 6-11", names, example) == [("output", n) for n in range(6, 12)]
+    assert blocks.parse_blocks("output 6, 9-10; input 4", names, example) == [
+        ("output", 6), ("output", 9), ("output", 10), ("input", 4)]
     with pytest.raises(ValueError, match="cannot read"):
-        families.parse_blocks("decoder everything")
+        blocks.parse_blocks("decoder everything", names, example)
 
 
 # ------------------------------------------------------------------------------ storage modes

@@ -10,6 +10,7 @@ several grids, a middle block for SAG/PAG), a tiny PixArt DiT, a conditioning ba
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import logging
 import os
@@ -305,22 +306,10 @@ def assert_sane(result, node="sample", decode="decode"):
 
 def without_injection(result, model_node="apply") -> torch.Tensor:
     """The same sampler run on the same model and inversion with no block injected."""
-    injection = pack_module("nodes/injection.py")
-    sampling = pack_module("nodes/sampling.py")
     pipeline = pack_module("nodes/pipeline.py")
-    families = pack_module("nodes/families.py")
-    schedules = pack_module("scsa_core/schedules.py")
     model, inversion = result[model_node][0], result["invert"][0]
-    settings = injection.apply_settings(model)
-    schedule = schedules.sampling_schedule(inversion.steps, "official")
-    start = pipeline.initial_latent(inversion, settings, schedule.start_from, "auto")
-    alphas = families.alphas_cumprod(model)
     with torch.inference_mode():
-        plain = sampling.run_ddim(model, inversion.conditioning, torch.zeros((1,) + tuple(inversion.latent_shape[1:])),
-                                  lambda eps_fn, _: schedules.ddim_sample(eps_fn, start, schedule, alphas),
-                                  injection.InjectRun(inversion.bank, frozenset(), settings),
-                                  total_steps=len(schedule.steps), scaled_input=False)
-        return model.model.process_latent_out(plain)
+        return pipeline.style_sample(model, dataclasses.replace(inversion, blocks=frozenset()), "auto", "official")
 
 
 def assert_injects(result, model_node="apply"):

@@ -1,13 +1,10 @@
-"""What the pack knows about a model family, in one place.
+"""The UNet family: ComfyUI's ``openaimodel.UNetModel`` as SD1.x, SD2.x (v-prediction too) and
+SDXL use it. What the pack knows about these models lives here (the interface: ``__init__.py``).
 
-A family answers, for one diffusion model: which blocks have self-attention (as ComfyUI names
-them in ``transformer_options``), which of them ``blocks: auto`` injects, the channels and token
-grid of each, how many bytes their recorded features take, and how to reach a block's layers.
-Everything else in the pack asks :func:`family_of` and never looks inside a model itself.
-
-Supported: ComfyUI's UNet (``openaimodel.UNetModel``) as used by SD1.x, SD2.x (v-prediction
-too) and SDXL. Adding a family means a class with the same methods as :class:`UNetFamily`, an
-entry in :data:`FAMILIES`, and its tests (tests/test_families.py).
+Blocks are ComfyUI's ``(name, number, index)`` keys (``("output", 6, 0)``); SCSA reaches a
+block's self-attention through the attn1 replace, attn1 output and middle patches
+(``nodes/injection.py``), and its q/k/v from the block's own ``norm1`` and projections
+(:meth:`UNetFamily.layers`). Noise: VP (eps or v), inverted and sampled with StyleID's DDIM.
 """
 from __future__ import annotations
 
@@ -16,39 +13,12 @@ import re
 
 import torch
 
-from ..scsa_core.block import BlockLayers
+from ...scsa_core.block import BlockLayers
+from ..injection import AttentionPatch
+from ..parameterisations import VPDDIM
+from .blocks import parse_blocks
 
 BlockKey = tuple  # ("output", 6, 0): ComfyUI's block name, block number, index inside the transformer
-
-_BLOCK_ITEM = re.compile(r"^(input|middle|output)\s*(\d+)?(?:\s*-\s*(\d+))?$")
-
-
-def block_key(extra_options: dict) -> BlockKey | None:
-    """The block a ComfyUI attention patch is called for, from its ``extra_options``."""
-    block = extra_options.get("block")
-    if block is None:
-        return None
-    return (block[0], block[1], extra_options.get("block_index", 0))
-
-
-def parse_blocks(text: str) -> list[tuple[str, int]]:
-    """``"output 6-11"`` / ``"output 6, output 7; input 4-5"`` -> ``[("output", 6), ...]``."""
-    blocks, name = [], None
-    for item in re.split(r"[,;]", text):
-        item = item.strip().lower()
-        if not item:
-            continue
-        if item[:1].isdigit() and name:  # "output 6, 9-10": the block name carries over
-            item = f"{name} {item}"
-        match = _BLOCK_ITEM.match(item)
-        if not match:
-            raise ValueError(f'blocks: cannot read "{item}". Write e.g. "output 6-11" or '
-                             f'"output 6, output 9-11", or "auto".')
-        name = match.group(1)
-        first = int(match.group(2) or 0)
-        last = int(match.group(3) or first)
-        blocks += [(name, number) for number in range(first, last + 1)]
-    return blocks
 
 
 def default_blocks(keys: list[tuple], model_channels: int) -> list[tuple]:
@@ -79,6 +49,7 @@ class UNetFamily:
 
     name = "UNet (SD1.x, SD2.x, SDXL)"
     STAGES = (("input", "input_blocks"), ("middle", "middle_block"), ("output", "output_blocks"))
+    parameterisation = VPDDIM()
 
     def __init__(self, diffusion_model: torch.nn.Module):
         self.diffusion_model = diffusion_model
@@ -139,7 +110,7 @@ class UNetFamily:
         if text.strip().lower() in ("", "auto"):
             return self.auto_blocks()
         keys = self.attention_blocks()
-        wanted = parse_blocks(text)
+        wanted = parse_blocks(text, [name for name, _ in self.STAGES], example="output 6-11")
         chosen = {key for key in keys if key[:2] in set(wanted)}
         missing = sorted(set(wanted) - {key[:2] for key in chosen})
         if missing:
@@ -154,22 +125,14 @@ class UNetFamily:
         per_step = sum(math.prod(self.token_grid(key, latent_size)) * self.channels(key) for key in keys)
         return streams * per_step * steps * torch.finfo(dtype).bits // 8
 
+    @staticmethod
+    def block_key(extra_options: dict) -> BlockKey | None:
+        """The block a ComfyUI attention patch is called for, from its ``extra_options``."""
+        block = extra_options.get("block")
+        if block is None:
+            return None
+        return (block[0], block[1], extra_options.get("block_index", 0))
 
-FAMILIES = (UNetFamily,)
-
-
-def family_of(model_patcher) -> UNetFamily:
-    """The family of a ComfyUI model; a clear error for models SCSA cannot patch."""
-    diffusion_model = model_patcher.model.diffusion_model
-    for family in FAMILIES:
-        if family.matches(diffusion_model):
-            return family(diffusion_model)
-    name = type(model_patcher.model.model_config).__name__
-    raise ValueError(f"model: {name} has no SD-style UNet self-attention blocks. SCSA supports "
-                     "UNet models: SD1.x, SD2.x and SDXL (and their fine-tunes).")
-
-
-def alphas_cumprod(model_patcher) -> torch.Tensor:
-    """``abar_t`` for t = 0..999 from the model's own noise schedule (float64, CPU)."""
-    sigmas = model_patcher.get_model_object("model_sampling").sigmas.detach().double().cpu()
-    return 1.0 / (1.0 + sigmas ** 2)
+    def install(self, model_patcher, blocks) -> None:
+        """SCSA's patches on ``model_patcher`` (a clone only the pack's sampler uses) for ``blocks``."""
+        AttentionPatch(self).install(model_patcher, sorted(blocks))

@@ -1,0 +1,35 @@
+"""Model families: everything model-specific, one module each, behind one small interface.
+
+A family object (made for one diffusion model by :func:`family_of`) answers:
+
+  name                     what the log and errors call it
+  matches(diffusion_model) classmethod: is this model one of ours?
+  resolve_blocks(text)     the ``blocks`` input ("auto", or e.g. "output 6-11") -> frozenset of
+                           block keys, or a ValueError that lists the valid blocks
+  feature_bytes(keys, streams, latent_size, steps, dtype)
+                           what recording those blocks' features would take
+  install(model_patcher, blocks)
+                           SCSA's hooks on a clone, for those blocks (where q/k/v come from,
+                           the token layout and grid are the family's business)
+  parameterisation         the noise side (``nodes/parameterisations.py``): the model's sigmas,
+                           the inversion and sampling loops, how a start latent enters ComfyUI
+
+The pipeline, the nodes and scsa_core only ever call these. A new family is a new module here
+plus one entry in :data:`FAMILIES`.
+"""
+from __future__ import annotations
+
+from .unet import UNetFamily
+
+FAMILIES = (UNetFamily,)
+
+
+def family_of(model_patcher):
+    """The family of a ComfyUI model; a clear error for models SCSA cannot patch."""
+    diffusion_model = model_patcher.model.diffusion_model
+    for family in FAMILIES:
+        if family.matches(diffusion_model):
+            return family(diffusion_model)
+    name = type(model_patcher.model.model_config).__name__
+    raise ValueError(f"model: {name} has no SD-style UNet self-attention blocks. SCSA supports "
+                     "UNet models: SD1.x, SD2.x and SDXL (and their fine-tunes).")
