@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from scripts import make_style_fixture as frozen
 from scripts.comfy_inprocess import PromptError, pack_module
 from scripts import tiny_models
-from test_style_reuse import _fresh, style_folder  # noqa: F401  (style_folder: a fixture, used by name)
+from test_style_reuse import _fresh, _load_prompt, _save_prompt, style_folder  # noqa: F401  (style_folder: a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +72,8 @@ def test_the_frozen_v1_style_gives_what_a_fresh_inversion_gives(comfy, frozen_ch
 
     # Loaded: the frozen file from the style library.
     shutil.copyfile(frozen.FIXTURE, style_folder / "frozen_v1.safetensors")
-    loading = frozen.style_prompt(frozen_checkpoint, frozen_images)
-    loading["load_style"] = {"class_type": "SCSALoadStyleInversion", "inputs": {"style_file": "frozen_v1.safetensors"}}
-    loading["invert"]["inputs"].update(style=["load_style", 0], style_map=["load_style", 1])
-    loading["pair"]["inputs"]["style_map"] = ["load_style", 2]
-    for node in ("style", "style_map", "z_style", "z_style_map"):
-        del loading[node]
-    loaded, latent = _fresh(comfy, loading)
+    loaded, latent = _fresh(comfy, _load_prompt(frozen.style_prompt(frozen_checkpoint, frozen_images),
+                                                "frozen_v1.safetensors"))
     assert loaded.reused == ("style",), "the frozen style was inverted again instead of loaded"
     assert torch.equal(loaded.latent_at(999, "style"), tensors["trajectory.999.style"])
     assert np.array_equal(comfy.last_result["load_style"][2][0].mul(255).round().byte().numpy(),
@@ -383,13 +378,6 @@ def test_saving_never_overwrites_a_file(style_reuse, tmp_path):
     assert torch.equal(again_map, map_image)
 
 
-def _save_prompt(checkpoint: str, images: dict, prefix: str) -> dict:
-    prompt = frozen.style_prompt(checkpoint, images)
-    prompt["save"] = {"class_type": "SCSASaveStyleInversion", "inputs": {
-        "inversion": ["invert", 0], "filename_prefix": prefix, "style": 1, "style_map_image": ["style_map", 0]}}
-    return prompt
-
-
 def _files(folder) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
@@ -410,19 +398,19 @@ def test_a_save_stopped_midway_leaves_no_file(comfy, frozen_checkpoint, frozen_i
             mm.throw_exception_if_processing_interrupted()
         raise OSError(28, "No space left on device")
 
-    prompt = _save_prompt(frozen_checkpoint, frozen_images, f"stopped_{stop[-5:]}")
+    prompt = _save_prompt(frozen.style_prompt(frozen_checkpoint, frozen_images), f"stopped_{stop[-5:]}")
     monkeypatch.setattr(files, "save_file", stopped_midway)
     try:
         with pytest.raises(PromptError, match=None if stop == "Cancel" else "No space left on device"):
-            comfy.run_prompt(prompt, outputs=["save"])
+            comfy.run_prompt(prompt, outputs=["save_style"])
     finally:
         mm.interrupt_current_processing(False)
     events = [event for event, data in comfy.last_result.messages
-              if event in ("execution_interrupted", "execution_error") and data.get("node_id") == "save"]
+              if event in ("execution_interrupted", "execution_error") and data.get("node_id") == "save_style"]
     assert events == ["execution_interrupted" if stop == "Cancel" else "execution_error"]
     assert _files(style_folder) == [], "a stopped save left a file"
     monkeypatch.setattr(files, "save_file", real_save_file)
-    comfy.run_prompt(prompt, outputs=["save"])
+    comfy.run_prompt(prompt, outputs=["save_style"])
     assert _files(style_folder) == [f"stopped_{stop[-5:]}_00001.safetensors"]
 
 
@@ -436,22 +424,13 @@ def test_a_save_takes_the_next_number_when_its_name_was_taken_meanwhile(comfy, f
         found = real(prefix, folder, *args, **kwargs)
         return found[:2] + (1,) + found[3:]   # the number the other save has taken since
     monkeypatch.setattr(comfy.folder_paths, "get_save_image_path", scanned_before_the_other_save)
-    comfy.run_prompt(_save_prompt(frozen_checkpoint, frozen_images, "race"), outputs=["save"])
+    comfy.run_prompt(_save_prompt(frozen.style_prompt(frozen_checkpoint, frozen_images), "race"),
+                     outputs=["save_style"])
     assert _files(style_folder) == ["race_00001.safetensors", "race_00002.safetensors"]
     assert (style_folder / "race_00001.safetensors").read_bytes() == before
 
 
 # ------------------------------------------------------------------- what a user sees in ComfyUI
-def _load_prompt(checkpoint: str, images: dict, style_file: str) -> dict:
-    prompt = frozen.style_prompt(checkpoint, images)
-    prompt["load_style"] = {"class_type": "SCSALoadStyleInversion", "inputs": {"style_file": style_file}}
-    prompt["invert"]["inputs"].update(style=["load_style", 0], style_map=["load_style", 1])
-    prompt["pair"]["inputs"]["style_map"] = ["load_style", 2]
-    for node in ("style", "style_map", "z_style", "z_style_map"):
-        del prompt[node]
-    return prompt
-
-
 @pytest.mark.parametrize("case, message", [
     ("an interrupted copy", r"style_file - style file 'shared/damaged\.safetensors': the file is cut off: its "
                             r"tensors need 6144 bytes after the header, but only 5144 follow"),
@@ -466,8 +445,8 @@ def test_a_damaged_style_file_is_refused_when_the_prompt_is_queued(comfy, frozen
     path.unlink(missing_ok=True)
     next(make for name, make, *_ in CASES if name == case)(path, features_file)
     with pytest.raises(PromptError, match=r"prompt failed validation: .*" + message) as refused:
-        comfy.run_prompt(_load_prompt(frozen_checkpoint, frozen_images, "shared/damaged.safetensors"),
-                         outputs=["sample"])
+        comfy.run_prompt(_load_prompt(frozen.style_prompt(frozen_checkpoint, frozen_images),
+                                      "shared/damaged.safetensors"), outputs=["sample"])
     assert "load_style" in refused.value.details["node_errors"]
 
 
@@ -486,7 +465,8 @@ def test_a_style_file_deleted_between_queue_and_run_gets_a_clear_error(comfy, fr
     with pytest.raises(PromptError, match=r"node load_style \(SCSALoadStyleInversion\) failed: \S*StyleFileError: style "
                                           r"file 'gone\.safetensors': the file is gone \(deleted or moved after the "
                                           r"prompt was queued\?\)"):
-        comfy.run_prompt(_load_prompt(frozen_checkpoint, frozen_images, "gone.safetensors"), outputs=["sample"])
+        comfy.run_prompt(_load_prompt(frozen.style_prompt(frozen_checkpoint, frozen_images), "gone.safetensors"),
+                         outputs=["sample"])
 
 
 def test_every_format_up_to_todays_has_a_reader(style_reuse):
