@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 from safetensors.torch import save_file
 
-__all__ = ["SafetensorsFileError", "TensorEntry", "Header", "read_header", "foreign_kind", "check_archive", "check_before_loading",
+__all__ = ["SafetensorsFileError", "TensorEntry", "Header", "read_header", "foreign_kind", "check_archive",
+           "check_before_loading",
            "write_new", "SAFETENSORS_EXTENSIONS",
            "FLOAT_DTYPES", "DTYPE_BYTES"]
 

@@ -23,7 +23,8 @@ from ..scsa_core.labels import MAX_STYLES
 from .diffusion_nodes import Inversion
 from .model_folders import register_model_folder
 from .semantic_nodes import CATEGORY, _image_to_rgb, _to_image
-from .style_reuse import MISSING_MAP_KEY, SAVED_STYLE_KEY, StyleFileError, check_style_file, load_style, save_style
+from .style_reuse import (FILE_GONE, MISSING_MAP_KEY, SAVED_STYLE_KEY, StyleFileError, check_style_file, load_style,
+                          save_style)
 
 log = logging.getLogger("scsa")
 
@@ -100,8 +101,7 @@ class SCSALoadStyleInversion(io.ComfyNode):
     def execute(cls, style_file):
         path = folder_paths.get_full_path(FOLDER, style_file)
         if path is None:
-            raise StyleFileError(f"style file {style_file!r}: the file is gone (deleted or moved after the prompt "
-                                 f"was queued?); it is not in the {FOLDER} folders "
+            raise StyleFileError(f"style file {style_file!r}: {FILE_GONE}; it is not in the {FOLDER} folders "
                                  f"({', '.join(folder_paths.get_folder_paths(FOLDER))})")
         style, map_rgb = load_style(path, style_file)
         style_latent = {"samples": style.latent, SAVED_STYLE_KEY: style}

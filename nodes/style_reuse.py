@@ -260,6 +260,7 @@ _FEATURE_DTYPES = {"float16": (torch.float16, "F16"), "bfloat16": (torch.bfloat1
                    "float32": (torch.float32, "F32")}
 _MAX_STEPS = 1000
 _LISTED = 4
+FILE_GONE = "the file is gone (deleted or moved after the prompt was queued?)"
 
 
 class StyleFileError(ValueError):
@@ -336,8 +337,7 @@ def check_style_file(path: str, name: str | None = None) -> StyleFileLayout:
     except SafetensorsFileError as e:
         fail(str(e))
     except FileNotFoundError:
-        fail("the file is gone (deleted or moved after the prompt was queued?); refresh the node list "
-             "and choose a file that is there")
+        fail(f"{FILE_GONE}; refresh the node list and choose a file that is there")
     except OSError as e:
         fail(f"cannot be read ({e.strerror or e})")
     metadata = header.metadata
@@ -472,7 +472,8 @@ def _latent_grids(height: int, width: int) -> set:
 
 
 def _check_features_v1(tensors: dict, latent_shape: tuple, steps: int, evaluated: list, storage: str,
-                       blocks: frozenset, feature_dtype: str, streams: tuple, features: dict, grids: dict, fail) -> None:
+                       blocks: frozenset, feature_dtype: str, streams: tuple, features: dict, grids: dict,
+                       fail) -> None:
     if storage == "recompute":
         if features or grids:
             fail("its metadata says 'recompute' storage (latents only), but it holds features")

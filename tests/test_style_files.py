@@ -96,7 +96,7 @@ def _features_style(style_reuse):
     bank = features.FeatureBank(["style", "style_map"], dtype=torch.float16)
     trajectory = {}
     for t in (1, 501, 999):
-        trajectory[t] = {"style": torch.randn(1, 4, 8, 8, generator=g), "style_map": torch.randn(1, 4, 8, 8, generator=g)}
+        trajectory[t] = {stream: torch.randn(1, 4, 8, 8, generator=g) for stream in ("style", "style_map")}
     for t in (1, 501):
         for stream in ("style", "style_map"):
             bank.record(t, ("output", 1, 0), torch.randn(1, 16, 8, generator=g), streams=[stream], grid=(4, 4))
@@ -187,7 +187,8 @@ CASES = [
      r"this is a PyTorch checkpoint \(a zip archive from torch.save\), not a safetensors file", True),
     ("a text file", _bytes(b"these are not the tensors you are looking for"),
      r"not a safetensors file: its first 8 bytes do not give", True),
-    ("a header that is no JSON", _bytes(struct.pack("<Q", 12) + b"{not json!} "), r"not a safetensors file, or a damaged one: its header is not JSON", True),
+    ("a header that is no JSON", _bytes(struct.pack("<Q", 12) + b"{not json!} "),
+     r"not a safetensors file, or a damaged one: its header is not JSON", True),
     ("a dtype name that is no dtype", _bytes(_raw({"latent": dict(F32_64, dtype="F99")}, bytes(256))),
      r"tensor 'latent' has dtype 'F99', which is no dtype this pack reads", True),
     ("a shape its bytes do not hold", _bytes(_raw({"latent": dict(F32_64, shape=[1, 4, 4, 5])}, bytes(256))),
@@ -224,19 +225,22 @@ CASES = [
      r"1 tensor name\(s\) that are not in its format's layout \(trajectory\.1\.x\.style\)", True),
     ("a timestep that is no number", _changed("frozen", _rename("trajectory.1.style", "trajectory.one.style")),
      r"1 tensor name\(s\) that are not in its format's layout \(trajectory\.one\.style\)", True),
-    ("features named in another layout", _changed("features", _rename("features.1.output.1.0.style", "features.1.style")),
+    ("features named in another layout",
+     _changed("features", _rename("features.1.output.1.0.style", "features.1.style")),
      r"1 tensor name\(s\) that are not in its format's layout \(features\.1\.style\); expected latent, "
      r"map_latent, map_image, trajectory\.<timestep>\.<style\|style_map>", True),
     ("a missing trajectory step", _changed("frozen", _tensor("trajectory.999.style", None)),
      r"its trajectory is not the one of a 4-step inversion: missing trajectory\.999\.style", True),
     ("a trajectory latent of another shape", _changed("frozen", _tensor("trajectory.1.style", torch.zeros(1, 4, 4, 5))),
-     r"1 trajectory latent\(s\) do not fit its latent F32 \[1, 4, 4, 4\] \(trajectory\.1\.style is F32 \[1, 4, 4, 5\]\)",
+     r"1 trajectory latent\(s\) do not fit its latent F32 \[1, 4, 4, 4\] "
+     r"\(trajectory\.1\.style is F32 \[1, 4, 4, 5\]\)",
      True),
     ("a map latent of another size", _changed("frozen", _tensor("map_latent", torch.zeros(1, 4, 8, 8))),
      r"its map_latent is F32 \[1, 4, 8, 8\], but its latent is F32 \[1, 4, 4, 4\]", True),
     ("style_map tensors without a map latent", _changed("frozen", _tensor("map_latent", None)),
      r"it has style_map tensors \(trajectory\.1\.style_map, .*\) but no map_latent", True),
-    ("a map image that is no colour map", _changed("frozen", _tensor("map_image", torch.zeros(32, 32, 4, dtype=torch.uint8))),
+    ("a map image that is no colour map",
+     _changed("frozen", _tensor("map_image", torch.zeros(32, 32, 4, dtype=torch.uint8))),
      r"its map_image is U8 \[32, 32, 4\], not a colour map", True),
     ("a latent that is no latent", _changed("frozen", _tensor("latent", torch.zeros(4, 4, 4))),
      r"its latent is F32 \[4, 4, 4\], not a floating-point \[1, channels, height, width\] latent", True),
@@ -462,8 +466,8 @@ def test_a_style_file_deleted_between_queue_and_run_gets_a_clear_error(comfy, fr
         return targets
     monkeypatch.setattr(comfy, "validate", validate_then_delete)
     comfy.reset_cache()
-    with pytest.raises(PromptError, match=r"node load_style \(SCSALoadStyleInversion\) failed: \S*StyleFileError: style "
-                                          r"file 'gone\.safetensors': the file is gone \(deleted or moved after the "
+    with pytest.raises(PromptError, match=r"node load_style \(SCSALoadStyleInversion\) failed: \S*StyleFileError: "
+                                          r"style file 'gone\.safetensors': the file is gone \(deleted or moved after the "
                                           r"prompt was queued\?\)"):
         comfy.run_prompt(_load_prompt(frozen.style_prompt(frozen_checkpoint, frozen_images), "gone.safetensors"),
                          outputs=["sample"])

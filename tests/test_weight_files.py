@@ -99,7 +99,8 @@ def test_every_broken_set_gets_a_message_naming_the_set_the_file_and_the_problem
 
 
 def test_the_user_sees_the_message_in_comfyui(comfy, broken_sets, images):
-    with pytest.raises(PromptError, match=r"(?s)prompt failed validation: .*model_name - model_name 'cut\.safetensors': "
+    with pytest.raises(PromptError, match=r"(?s)prompt failed validation: .*model_name - "
+                                          r"model_name 'cut\.safetensors': "
                                           r"cut\.safetensors: the file is cut off"):
         comfy.run_prompt(stylize_prompt(images, "cut.safetensors"))
     with pytest.raises(PromptError, match=r"node loader \(SCSAFeedForwardLoader\) failed: \S*WeightsError: model_name "
