@@ -103,7 +103,9 @@ def read_header(path: str | os.PathLike) -> Header:
         _refuse_foreign(head)
         raise SafetensorsFileError("not a safetensors file: no safetensors header follows its first 8 bytes")
     try:
-        parsed = json.loads(raw.decode("utf-8"))
+        parsed = json.loads(raw.decode("utf-8"), object_pairs_hook=_without_repeats)
+    except _RepeatedName as e:
+        raise SafetensorsFileError(f"damaged header: it names {e} twice") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise SafetensorsFileError("not a safetensors file, or a damaged one: its header is not JSON") from None
     if not isinstance(parsed, dict):
@@ -118,6 +120,21 @@ def read_header(path: str | os.PathLike) -> Header:
         ranges.append((begin, end, name))
     _check_ranges(ranges, size - 8 - length)
     return Header(tensors, dict(metadata), size)
+
+
+class _RepeatedName(Exception):
+    pass
+
+
+def _without_repeats(pairs: list) -> dict:
+    """A JSON object, refusing a name given twice (json.loads would keep the last one silently;
+    safetensors refuses the file)."""
+    table = {}
+    for key, value in pairs:
+        if key in table:
+            raise _RepeatedName(repr(key))
+        table[key] = value
+    return table
 
 
 def _entry(name: str, entry) -> tuple[TensorEntry, int, int]:

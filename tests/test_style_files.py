@@ -117,8 +117,11 @@ def _contents(path) -> tuple[dict, dict]:
 
 def _raw(header: dict, data: bytes) -> bytes:
     """A safetensors file written by hand (header JSON as given)."""
-    text = json.dumps(header).encode()
-    return struct.pack("<Q", len(text)) + text + data
+    return _raw_text(json.dumps(header), data)
+
+
+def _raw_text(header: str, data: bytes) -> bytes:
+    return struct.pack("<Q", len(header)) + header.encode() + data
 
 
 def _changed(base: str, change) -> Callable:
@@ -193,6 +196,8 @@ CASES = [
      r"tensor 'latent' has dtype 'F99', which is no dtype this pack reads", True),
     ("a shape its bytes do not hold", _bytes(_raw({"latent": dict(F32_64, shape=[1, 4, 4, 5])}, bytes(256))),
      r"damaged header: tensor 'latent' \(F32 \[1, 4, 4, 5\]\) needs 320 bytes, but its data_offsets give 256", True),
+    ("a tensor named twice", _bytes(_raw_text('{"latent": %s, "latent": %s}' % ((json.dumps(F32_64),) * 2),
+                                               bytes(256))), r"damaged header: it names 'latent' twice", True),
     ("bytes after the last tensor", _bytes(lambda b: b + b"more"), r"the file has 4 bytes after its last tensor", True),
     ("no metadata", _changed("frozen", lambda t, m: m.clear()),
      r"not an SCSA style inversion: its metadata has no format 'scsa-style-inversion/1'", True),
@@ -467,8 +472,8 @@ def test_a_style_file_deleted_between_queue_and_run_gets_a_clear_error(comfy, fr
     monkeypatch.setattr(comfy, "validate", validate_then_delete)
     comfy.reset_cache()
     with pytest.raises(PromptError, match=r"node load_style \(SCSALoadStyleInversion\) failed: \S*StyleFileError: "
-                                          r"style file 'gone\.safetensors': the file is gone \(deleted or moved after the "
-                                          r"prompt was queued\?\)"):
+                                          r"style file 'gone\.safetensors': the file is gone \(deleted or moved "
+                                          r"after the prompt was queued\?\)"):
         comfy.run_prompt(_load_prompt(frozen.style_prompt(frozen_checkpoint, frozen_images), "gone.safetensors"),
                          outputs=["sample"])
 
