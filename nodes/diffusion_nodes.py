@@ -14,6 +14,7 @@ import torch
 from comfy_api.latest import io
 
 from ..scsa_core.block import PRESETS, SCSAParams
+from ..scsa_core.rope import ROPE_MODES
 from ..scsa_core.schedules import STRENGTH_SCHEDULES, TIMESTEP_MODES, InjectionTiming
 from .families import family_of
 from .injection import SETTINGS_KEY, ApplySettings, StyleIDParams
@@ -154,6 +155,11 @@ class SCSAApply(io.ComfyNode):
                                        "throughout (the papers'). linear / cosine: decays from full strength "
                                        "towards the model's own attention at end (SCA and SSA weights, or "
                                        "StyleID's share, times 1 - p or (1 + cos(pi p)) / 2)."),
+                io.Combo.Input("rope_mode", options=list(ROPE_MODES), default="shift", optional=True,
+                               tooltip="DiT models with RoPE (Flux; experimental): shift places the style's "
+                                       "tokens one image width beside the content's, so a content token does "
+                                       "not copy the style token at its own coordinates; shared keeps them at "
+                                       "the same positions. UNet models ignore it."),
             ],
             outputs=[io.Model.Output("patched_model", display_name="model")],
         )
@@ -173,7 +179,7 @@ class SCSAApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, preset, sca_weight, ssa_weight, semantic_share, content_share, temperature,
                 gamma, semantics=None, styleid_temperature=1.5, start=0.0, end=1.0,
-                strength_schedule="constant"):
+                strength_schedule="constant", rope_mode="shift"):
         family_of(model)  # an unsupported model fails here, not at sampling time
         settings = ApplySettings(
             semantics=semantics,
@@ -181,7 +187,8 @@ class SCSAApply(io.ComfyNode):
                               semantic_share=semantic_share, content_share=content_share,
                               temperature=temperature),
             styleid=StyleIDParams(gamma=gamma, temperature=styleid_temperature),
-            timing=InjectionTiming(start=start, end=end, strength_schedule=strength_schedule))
+            timing=InjectionTiming(start=start, end=end, strength_schedule=strength_schedule),
+            rope_mode=rope_mode)
         # Only the settings go on the clone: SCSAStyleSampler patches self-attention on its own
         # clone, on the blocks the inversion recorded, so any other sampler sees the model as is.
         patched = model.clone()

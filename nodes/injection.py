@@ -41,7 +41,9 @@ from comfy.ldm.modules.attention import optimized_attention
 from ..scsa_core.attention import pair_labels
 from ..scsa_core.block import (SCSAParams, inject, project_references, reference_terms, styleid_inject,
                                styleid_terms)
-from ..scsa_core.features import STYLE_IMAGES, FeatureBank
+from ..scsa_core.joint_attention import JointReferences, scsa_joint_attention
+from ..scsa_core.rope import shift_keys
+from ..scsa_core.features import MAP_OF, STYLE_IMAGES, FeatureBank
 from ..scsa_core.labels import SemanticLabels
 from ..scsa_core.schedules import InjectionTiming
 
@@ -64,6 +66,7 @@ class ApplySettings:
     params: SCSAParams
     styleid: StyleIDParams
     timing: InjectionTiming = InjectionTiming()
+    rope_mode: str = "shift"   # DiTs with RoPE: where the style's keys sit (scsa_core.rope.ROPE_MODES)
 
 
 def apply_settings(model_patcher) -> ApplySettings | None:
@@ -211,6 +214,7 @@ class InjectRun:
     settings: ApplySettings
     inline_streams: tuple = ()
     strengths: tuple = ()
+    latent_size: tuple = ()   # (H, W) of the content latent: a DiT's token grid comes from it
     current_t: int = -1
     strength: float = 1.0
     _terms: dict = field(default_factory=dict)
@@ -280,6 +284,65 @@ class InjectRun:
                                              self.strength, plain_projected)
             out[samples] = injected.to(out.dtype)
         return out
+
+
+    def _joint_labels(self, grid: tuple[int, int], styles: int, device):
+        """Content labels ``[h*w]``, every style's labels side by side, and their pairing; without
+        semantics one label covers every token (SCSA over the whole image)."""
+        if self.settings.semantics is not None:
+            return self.injection._labels_at(grid, (grid,) * styles, device)
+        content = torch.zeros(grid[0] * grid[1], dtype=torch.long, device=device)
+        style = torch.zeros(styles * grid[0] * grid[1], dtype=torch.long, device=device)
+        return content, style, pair_labels(content, style)
+
+    def joint_attention(self, family, pass_through, args, kwargs, key):
+        """One joint-attention call of an injected DiT block (``family.install``'s override).
+
+        ``args`` are the attention function's ``q, k, v, heads`` (``[B, H, L, D]``, text tokens
+        first, RoPE applied). Every row runs the model's own attention first (``pass_through``,
+        which chains to other packs' overrides); then the image-query rows of each sample are
+        replaced by SCSA over the reference rows riding in the same call. Text queries, and the
+        reference rows, keep what the model computed.
+        """
+        q, k, v = args[:3]
+        output = pass_through(*args, **kwargs)   # [B, L, H * D]
+        batch, heads, length, dim = q.shape
+        grid = family.token_grid(self.latent_size)
+        tokens = grid[0] * grid[1]
+        text = length - tokens
+        if text < 0 or output.shape[1] != length:
+            raise ValueError(f"block {key}: {length} tokens cannot hold the {grid[0]} x {grid[1]} image grid of this "
+                             "latent; the model's token layout is not what SCSA expects (other tokens appended?)")
+        image = slice(text, length)
+        chunks = chunk_rows(batch, kwargs.get("transformer_options") or {}, len(self.inline_streams))
+        reference_start = chunks[0][1].start
+        row_of = {name: reference_start + row for row, name in enumerate(self.inline_streams)}
+        axes_dim, theta = family.rope()
+        offset = family.style_key_offset(self.latent_size)
+
+        def positioned(stream):   # [H, M, D] keys of a style-side stream, moved as rope_mode says
+            keys = k[row_of[stream]:row_of[stream] + 1, :, image]
+            return shift_keys(keys, offset, axes_dim, theta, self.settings.rope_mode)[0]
+
+        styles = self.style_streams
+        maps = [MAP_OF[name] for name in styles]
+        lite = not all(name in row_of for name in maps) or self.settings.params.semantic_share == 0
+        refs = JointReferences(
+            content_query=q[row_of["content"], :, image],
+            style_query=torch.cat([q[row_of[name], :, image] for name in styles], dim=1),
+            style_key=torch.cat([positioned(name) for name in styles], dim=1),
+            style_value=torch.cat([v[row_of[name], :, image] for name in styles], dim=1),
+            content_map_query=None if lite else q[row_of["content_map"], :, image],
+            style_map_key=None if lite else torch.cat([positioned(name) for name in maps], dim=1))
+        content_labels, style_labels, pairing = self._joint_labels(grid, len(styles), q.device)
+        for samples, _ in chunks:
+            rows = samples.stop - samples.start
+            plain_image = output[samples, image].reshape(rows, tokens, heads, dim).transpose(1, 2)
+            injected = scsa_joint_attention(q[samples, :, image], k[samples, :, :text], v[samples, :, :text], refs,
+                                            content_labels, style_labels, pairing, self.settings.params, lite=lite,
+                                            strength=self.strength, plain_output=plain_image)
+            output[samples, image] = injected.transpose(1, 2).reshape(rows, tokens, heads * dim).to(output.dtype)
+        return output
 
 
 class AttentionPatch:

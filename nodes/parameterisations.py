@@ -11,8 +11,11 @@ A plan's ``keys`` name the steps: the trajectory and the recorded features are s
 them, and a run object is told the key before each model call. ``sigmas[i]`` is the model's
 sigma at ``keys[i]``.
 
-  VPDDIM  SD1.x / SD2.x / SDXL (eps and v): StyleID's DDIM over LDM's integer timesteps, in
-          DDPM form (scsa_core.schedules); keys are the timesteps.
+  VPDDIM     SD1.x / SD2.x / SDXL (eps and v): StyleID's DDIM over LDM's integer timesteps, in
+             DDPM form (scsa_core.schedules); keys are the timesteps.
+  FlowEuler  flow-matching DiTs (ComfyUI's CONST: Flux, ...): Euler inversion with optional
+             fixed-point refinement and Euler sampling (scsa_core.flow) over the model's
+             ``simple`` schedule; keys are the indices of the ascending sigmas.
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
+import comfy.samplers
+
+from ..scsa_core.flow import flow_invert, flow_sample, velocity
 from ..scsa_core.schedules import (TIMESTEP_MODES, ddim_invert, ddim_sample, implied_noise, inversion_schedule,
                                    sampling_schedule)
 
@@ -138,3 +144,88 @@ class VPDDIM:
 class _DDIMSteps:
     """The ``steps`` of a ``scsa_core.schedules.SamplingSchedule``, for ``ddim_sample``."""
     steps: tuple
+
+
+class FlowEuler:
+    """Deterministic Euler over the flow ODE, on the model's own ``simple`` schedule.
+
+    Inversion runs the ascending sigmas ``0 = s_0 < ... < s_N = 1`` with the lookahead velocity
+    (never evaluated at sigma 0) and ``refine_steps`` fixed-point refinements per step; sampling
+    runs them descending with ComfyUI's ``euler`` arithmetic, so with injection off it is a stock
+    Euler run bit for bit. Sampling always starts from the fully inverted latent (sigma 1), where
+    ComfyUI's ``noise_scaling`` passes the noise through exactly.
+    """
+
+    name = "Euler (flow)"
+    timestep_modes = TIMESTEP_MODES   # accepted for the shared node input; a flow has no off-by-one
+    scheduler = "simple"
+
+    def __init__(self, refine_steps: int = 0):
+        self.refine_steps = refine_steps
+
+    def _descending(self, model_patcher, steps: int) -> torch.Tensor:
+        sampling = model_patcher.get_model_object("model_sampling")
+        return comfy.samplers.calculate_sigmas(sampling, self.scheduler, steps).float().cpu()
+
+    def plan_inversion(self, model_patcher, steps: int) -> Plan:
+        sigmas = self._descending(model_patcher, steps).flip(0)
+        return Plan(tuple(range(len(sigmas))), sigmas)
+
+    def plan_sampling(self, model_patcher, steps: int, mode: str) -> Plan:
+        if mode not in self.timestep_modes:
+            raise ValueError(f"timesteps must be one of {self.timestep_modes}, got {mode!r}")
+        sigmas = self._descending(model_patcher, steps)
+        keys = tuple(range(len(sigmas) - 1, -1, -1))
+        return Plan(keys, sigmas, keys[0])
+
+    def invert(self, denoise, x: torch.Tensor, sigmas: torch.Tensor, keys, on_latent=None) -> torch.Tensor:
+        state = {}
+        trajectory = flow_invert(lambda latent, sigma_batch: denoise(latent, state["index"]), x, sigmas,
+                                 self.refine_steps, before_step=lambda index, sigma: state.update(index=index + 1))
+        if on_latent is not None:
+            for key, latent in zip(keys, trajectory):
+                on_latent(key, latent)
+        return trajectory[-1]
+
+    def sample(self, denoise, noise: torch.Tensor, sigmas: torch.Tensor, keys, on_step=None, before_step=None,
+               references=None) -> torch.Tensor:
+        """Euler from ``noise`` (the inverted latent ``[B, C, H, W]``; its first row is the
+        sample) down the descending ``sigmas``.
+
+        ``references(call, x, key)``: evaluates one step with whatever rides along, through
+        ``call(batch, key, other_run=None) -> denoised rows`` (default: the sample alone).
+        ``on_step(index, denoised)``, ``before_step(index)``.
+        """
+        index_of = {key: index for index, key in enumerate(keys)}
+        state = {}
+
+        def call(batch, key, other_run=None):
+            return denoise(batch, index_of[key], other_run)
+
+        def denoise_fn(x, sigma_batch):
+            if references is None:
+                return denoise(x, state["index"])
+            return references(call, x, keys[state["index"]])
+
+        def begin(index, sigma):
+            state["index"] = index
+            if before_step is not None:
+                before_step(index)
+
+        preview = None if on_step is None else (lambda index, sigma, x, denoised: on_step(index, denoised))
+        return flow_sample(denoise_fn, noise[:1], sigmas, on_step=preview, before_step=begin)
+
+    @staticmethod
+    def sampler_inputs(model, start_rows: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(noise, latent)`` for ``sample_custom``: the inverted latent is the noise (at sigma 1
+        ComfyUI's sampler starts from it exactly), the latent is empty."""
+        return start_rows, torch.zeros_like(start_rows)
+
+    def mismatch(self, denoise, trajectory: dict, keys, sigmas: torch.Tensor, index: int) -> float:
+        """Relative L2 between the velocity the model predicts for step ``index`` of a saved
+        ``trajectory`` and the one that made it (near 0 for the same model and conditioning)."""
+        x, x_next = trajectory[keys[index]].to(sigmas.device), trajectory[keys[index + 1]].to(sigmas.device)
+        step = sigmas[index + 1] - sigmas[index]
+        predicted = velocity(x, denoise(x, index + 1), sigmas[index + 1])
+        used = (x_next.double() - x.double()) / step.double()
+        return float((predicted.double() - used).norm() / used.norm().clamp_min(1e-12))

@@ -99,8 +99,9 @@ def feature_bytes(model_patcher, blocks, latents: dict[str, torch.Tensor], steps
                for batch in inversion_batches(latents))
 
 
-def choose_storage(mode: str, model_patcher, bytes_needed: int) -> tuple[str, torch.device]:
-    """Where the recorded features go: ``(storage, device)``.
+def choose_storage(mode: str, model_patcher, bytes_needed: int,
+                   allowed: tuple = ("memory", "offload", "recompute")) -> tuple[str, torch.device]:
+    """Where the recorded features go: ``(storage, device)``; ``allowed``: the family's modes.
 
     memory: the model's device; offload: CPU RAM; recompute: nothing is stored (the
     trajectories are recomputed through at sampling time). auto: memory when the features take
@@ -108,6 +109,11 @@ def choose_storage(mode: str, model_patcher, bytes_needed: int) -> tuple[str, to
     under half the free RAM, else recompute.
     """
     device, cpu = model_patcher.load_device, torch.device("cpu")
+    if mode != "auto" and mode not in allowed:
+        raise ValueError(f"storage: this model supports {', '.join(repr(m) for m in allowed)} (or 'auto'), not "
+                         f"{mode!r}: its features are too large to keep. Set storage to 'auto'.")
+    if allowed == ("recompute",):
+        return "recompute", device
     free_ram = comfy.model_management.get_free_memory(cpu)
     if device.type == "cpu":
         free_device = free_ram
@@ -224,10 +230,17 @@ def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None],
     batches = inversion_batches(connected)
     check_conditioning(conditioning)
     family = family_of(model_patcher)
+    if family.experimental:
+        log.warning("SCSA on %s is experimental: never measured on real weights; tune blocks, guidance, "
+                    "rope_mode and steps for your model (see the README).", family.name)
     keys = family.resolve_blocks(blocks)
+    if "memory" not in family.storage_modes and len(batches) > 1:
+        raise ValueError(f"style: on {family.name} every image must have the content's size, because the style's "
+                         "features ride in the content's batch. Resize the style image and its map to the "
+                         "content's size (e.g. Upscale Image to the content's width and height) before VAE Encode.")
     estimate = feature_bytes(model_patcher, keys, connected, steps)
     requested = storage
-    storage, device = choose_storage(storage, model_patcher, estimate)
+    storage, device = choose_storage(storage, model_patcher, estimate, family.storage_modes)
     channels = connected["content"].shape[1]
     for name, style in saved_styles.items():
         _check_saved_style(name, style, steps, keys, channels)
@@ -352,7 +365,8 @@ def style_sample(model_patcher, inversion: SCSAInversion, init: str = "auto",
         inline, others = inversion.batches[0], inversion.batches[1:]
         step_bank = FeatureBank(tuple(name for side in others for name in side),
                                 dtype=inversion.bank.dtype, device=inversion.bank.device)
-        run = InjectRun(step_bank, inversion.blocks, settings, inline_streams=inline, strengths=strengths)
+        run = InjectRun(step_bank, inversion.blocks, settings, inline_streams=inline, strengths=strengths,
+                        latent_size=tuple(inversion.latent_shape[-2:]))
         recorders = [(side, RecordRun(step_bank, inversion.blocks, streams=side)) for side in others]
 
         def references(eps_fn, x, key):

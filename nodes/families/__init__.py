@@ -11,6 +11,8 @@ A family object (made for one diffusion model by :func:`family_of`) answers:
   install(model_patcher, blocks)
                            SCSA's hooks on a clone, for those blocks (where q/k/v come from,
                            the token layout and grid are the family's business)
+  storage_modes            which of memory / offload / recompute it can serve
+  experimental             True until measured on real weights (the log says so once per run)
   parameterisation         the noise side (``nodes/parameterisations.py``): the model's sigmas,
                            the inversion and sampling loops, how a start latent enters ComfyUI
 
@@ -19,9 +21,10 @@ plus one entry in :data:`FAMILIES`.
 """
 from __future__ import annotations
 
+from .flux import FluxFamily
 from .unet import UNetFamily
 
-FAMILIES = (UNetFamily,)
+FAMILIES = (UNetFamily, FluxFamily)
 
 
 def family_of(model_patcher):
@@ -32,4 +35,5 @@ def family_of(model_patcher):
             return family(diffusion_model)
     name = type(model_patcher.model.model_config).__name__
     raise ValueError(f"model: {name} has no SD-style UNet self-attention blocks. SCSA supports "
-                     "UNet models: SD1.x, SD2.x and SDXL (and their fine-tunes).")
+                     "UNet models: SD1.x, SD2.x and SDXL (and their fine-tunes), and Flux.1 / Flux.2 "
+                     "(experimental).")

@@ -50,6 +50,8 @@ class UNetFamily:
     name = "UNet (SD1.x, SD2.x, SDXL)"
     STAGES = (("input", "input_blocks"), ("middle", "middle_block"), ("output", "output_blocks"))
     parameterisation = VPDDIM()
+    storage_modes = ("memory", "offload", "recompute")
+    experimental = False
 
     def __init__(self, diffusion_model: torch.nn.Module):
         self.diffusion_model = diffusion_model
