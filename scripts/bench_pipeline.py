@@ -17,6 +17,16 @@ reused (SCSAInvert's cache): ``further_over_first`` (the compute floor on a CPU:
 storage, as two of the five UNet passes of a run are the style's), ``first_over_plain`` and
 ``further_over_plain``; the first storage of ``--storage`` is used.
 
+``--family flux1|flux2``: the DiT path (experimental) on a tiny random-weight Flux built through
+ComfyUI's classes, one JSON line each with ``family``, ``what``, ``width``, ``height``,
+``steps``, ``ratio`` and ``peak_mb`` (CUDA only; null on a CPU):
+  run        a whole SCSA run (four inversions, SCSAApply, SCSAStyleSampler) / a plain euler run
+             of the same steps and size (SamplerCustom's arithmetic);
+  further    a further content with the style's inversion reused (the cache) / plain;
+  attention  one SCSA joint-attention call (scsa_core.joint_attention) / the model's own SDPA over
+             the same sample row, at Flux.1-dev's shape by default (24 heads x 128, 4096 image +
+             512 text tokens; ``--tokens`` for a smaller one), random q/k/v, two labels.
+
 ``--memory-table``: the features each storage keeps for real SD1.5 and SDXL UNets (ComfyUI's
 own classes, built on the meta device, so no weights are allocated) at 256-1024 px, fp16 (the
 GPU dtype), from the pack's own estimate; then one check of that estimate against a 2-step
@@ -206,6 +216,110 @@ def memory_table(pack, args) -> None:
                           "trajectory_mb": round(inversion.trajectory_bytes / MB, 2)}), flush=True)
 
 
+def _peak_mb(device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / MB if device.type == "cuda" else None
+
+
+def time_dit(pack, args) -> None:
+    """``--family``: the whole run, a further content and one attention call, against plain."""
+    import comfy.model_management
+    import comfy.sample
+    import comfy.samplers
+    from scsa_core.block import SCSAParams
+    from scsa_core.attention import pair_labels
+    from scsa_core.joint_attention import JointReferences, scsa_joint_attention
+
+    variant, size, steps = args.family, args.dit_size, args.steps
+    patcher = tiny_models.build_tiny_flux_patcher(variant, seed=0)
+    conditioning = tiny_models.tiny_flux_conditioning(variant)
+    channels = tiny_models.tiny_flux_latent_channels(variant)
+    downscale = 8 if variant == "flux1" else 16
+    height = width = size // downscale
+    semantics = _semantics(pack.labels, size)
+    device = comfy.model_management.get_torch_device()
+
+    def latents(seed):
+        g = torch.Generator().manual_seed(seed)
+        return {name: torch.randn(1, channels, height, width, generator=g) for name in STREAMS}
+
+    style = {name: x for name, x in latents(0).items() if "style" in name}
+    sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "simple", steps).cpu()
+
+    def plain():
+        start = latents(1)["content"]
+        return comfy.sample.sample_custom(patcher, start, 1.0, comfy.samplers.ksampler("euler"), sigmas,
+                                          conditioning, conditioning, torch.zeros_like(start), disable_pbar=True)
+
+    def scsa(seed, cache):
+        contents = {name: x for name, x in latents(seed).items() if "content" in name}
+        inversion = pack.pipeline.invert(patcher, conditioning, dict(contents, **style), steps, "auto", "auto",
+                                         cache=cache)
+        model = pack.diffusion_nodes.SCSAApply.execute(
+            model=patcher, semantics=semantics, preset="default", sca_weight=0.8, ssa_weight=0.2,
+            semantic_share=0.3, content_share=0.5, temperature=1.2, gamma=0.75).result[0]
+        pack.pipeline.style_sample(model, inversion, "auto", "official")
+        return inversion
+
+    def line(what, ratio, peak, **extra):
+        print(json.dumps({"family": variant, "what": what, "width": size, "height": size, "steps": steps,
+                          "ratio": round(ratio, 2), "peak_mb": None if peak is None else round(peak, 1),
+                          "threads": torch.get_num_threads(), **extra}), flush=True)
+
+    plain()  # warm-up
+    times = {"plain": [], "run": [], "further": []}
+    for repeat in range(args.repeats):
+        cache = pack.style_reuse.StyleCache()
+        times["plain"].append(_timed(plain)[1])
+        times["run"].append(_timed(lambda: scsa(100 + repeat, cache))[1])
+        further, seconds = _timed(lambda: scsa(200 + repeat, cache))
+        assert set(further.reused) == {"style"}, further.reused
+        times["further"].append(seconds)
+    plain_s = statistics.median(times["plain"])
+    for what in ("run", "further"):
+        line(what, statistics.median(times[what]) / plain_s, None, plain_s=round(plain_s, 3),
+             scsa_s=round(statistics.median(times[what]), 3))
+
+    heads, dim = 24, 128
+    image, text = args.tokens
+    g = torch.Generator().manual_seed(0)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device, dtype)
+
+    q, k, v = rand(1, heads, text + image, dim), rand(1, heads, text + image, dim), rand(1, heads, text + image, dim)
+    refs = JointReferences(*(rand(heads, image, dim) for _ in range(4)), rand(heads, image, dim),
+                           rand(heads, image, dim))
+    labels = (torch.arange(image, device=device) * 2 // image).long()
+    pairing = pair_labels(labels, labels)
+    params = SCSAParams()
+
+    def sdpa():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)[:, :, text:]
+
+    def joint():
+        return scsa_joint_attention(q[:, :, text:], k[:, :, :text], v[:, :, :text], refs, labels, labels, pairing,
+                                    params)
+
+    results = {}
+    for name, fn in (("plain", sdpa), ("scsa", joint)):
+        fn()  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        samples = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            samples.append(time.perf_counter() - start)
+        results[name] = (statistics.median(samples), _peak_mb(device))
+    line("attention", results["scsa"][0] / results["plain"][0], results["scsa"][1], heads=heads, head_dim=dim,
+         image_tokens=image, text_tokens=text, plain_s=round(results["plain"][0], 4),
+         scsa_s=round(results["scsa"][0], 4), plain_peak_mb=results["plain"][1], dtype=str(dtype))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=50)
@@ -217,6 +331,10 @@ def main(argv=None) -> None:
     parser.add_argument("--memory-table", action="store_true")
     parser.add_argument("--reuse", type=int, nargs="*", default=[], metavar="SIZE",
                         help="time a further content with the same style (style inversion reused) at these sizes")
+    parser.add_argument("--family", choices=["flux1", "flux2"], help="time the DiT path instead (see above)")
+    parser.add_argument("--dit-size", type=int, default=128, help="--family: image size in pixels")
+    parser.add_argument("--tokens", type=int, nargs=2, default=[4096, 512], metavar=("IMAGE", "TEXT"),
+                        help="--family: the attention call's image and text tokens (default Flux.1-dev at 1024 px)")
     args = parser.parse_args(argv)
 
     runtime = start_comfy(comfyui_path(), Path(tempfile.mkdtemp(prefix="scsa_bench_")))
@@ -226,6 +344,9 @@ def main(argv=None) -> None:
         ("diffusion_nodes", "nodes/diffusion_nodes.py"), ("labels", "scsa_core/labels.py"),
         ("style_reuse", "nodes/style_reuse.py"))})
     with torch.inference_mode():
+        if args.family:
+            time_dit(pack, args)
+            return
         if args.sizes:
             time_runs(pack, args)
         if args.reuse:
