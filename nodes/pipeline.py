@@ -58,6 +58,8 @@ class SCSAInversion:
     storage: str = "memory"   # memory / offload (features in `bank`) or recompute (trajectory only)
     clean_latents: dict = field(default_factory=dict)  # stream -> [1, C, H, W] as given (unscaled)
     reused: tuple = ()        # style images whose inversion came from the cache or a file
+    family: str = ""          # the model family's name (nodes/families)
+    savable: bool = True      # whether the style file format can hold this family's inversions
 
     def latent_at(self, t: int, stream: str) -> torch.Tensor:
         """The inverted latent of ``stream`` at timestep ``t``: ``[1, C, h, w]``."""
@@ -296,7 +298,8 @@ def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None],
             trajectory.setdefault(t, {}).update({stream: row[part].to(device) for part, stream in names.items()})
     inversion = SCSAInversion(bank, trajectory, streams, batches, steps, keys, conditioning,
                               tuple(connected["content"].shape), tuple(connected["style"].shape), storage,
-                              clean_latents=connected, reused=tuple(reused))
+                              clean_latents=connected, reused=tuple(reused), family=family.name,
+                              savable=family.style_files)
     if cache is not None:
         for name in inversion.style_images:
             if name not in reused:

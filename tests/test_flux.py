@@ -195,3 +195,13 @@ def test_flux_blocks_and_refusals(tiny_flux1_patcher, comfy):
                        style_map={"samples": latents["style_map"]["samples"][..., :4, :4]})
     with pytest.raises(ValueError, match="must have the content's size"):
         _invert(tiny_flux1_patcher, "flux1", small_style)
+
+
+def test_saving_a_flux_style_is_refused_with_the_reason(tiny_flux1_patcher, comfy):
+    """The style file format holds UNet (DDIM timestep) inversions only: a Flux inversion gets a
+    clear refusal, not a crash halfway through writing."""
+    library = pack_module("nodes/style_library_nodes.py")
+    with torch.inference_mode():
+        inversion = _invert(tiny_flux1_patcher, "flux1", _latents("flux1"))
+    with pytest.raises(ValueError, match=r"a style inversion of Flux .* cannot be saved yet"):
+        library.SCSASaveStyleInversion.execute(inversion=inversion, filename_prefix="flux_style", style=1)
