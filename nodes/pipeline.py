@@ -232,6 +232,8 @@ def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None],
     batches = inversion_batches(connected)
     check_conditioning(conditioning)
     family = family_of(model_patcher)
+    # The run's conditioning: inversion and every sampling call use exactly this one.
+    conditioning = family.prepare_conditioning(conditioning)
     if family.experimental:
         log.warning("SCSA on %s is experimental: never measured on real weights; tune blocks, guidance, "
                     "rope_mode and steps for your model (see the README).", family.name)

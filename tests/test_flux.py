@@ -205,3 +205,21 @@ def test_saving_a_flux_style_is_refused_with_the_reason(tiny_flux1_patcher, comf
         inversion = _invert(tiny_flux1_patcher, "flux1", _latents("flux1"))
     with pytest.raises(ValueError, match=r"a style inversion of Flux .* cannot be saved yet"):
         library.SCSASaveStyleInversion.execute(inversion=inversion, filename_prefix="flux_style", style=1)
+
+
+def test_guidance_is_set_explicitly_and_kept_for_sampling(tiny_flux1_patcher, comfy):
+    """A conditioning without guidance gets ComfyUI's default written in; one with guidance
+    (FluxGuidance) keeps it; the inversion hands that conditioning to the sampler."""
+    flux = pack_module("nodes/families/flux.py")
+    without = [[c, {k: v for k, v in extra.items() if k != "guidance"}]
+               for c, extra in tiny_models.tiny_flux_conditioning("flux1")]
+    nodes = pack_module("nodes/diffusion_nodes.py")
+    latents = _latents("flux1")
+    with_guidance = tiny_models.tiny_flux_conditioning("flux1", guidance=1.5)
+    with torch.inference_mode():
+        for given, expected in ((without, flux.DEFAULT_GUIDANCE), (with_guidance, 1.5)):
+            inversion = nodes.SCSAInvert.execute(model=tiny_flux1_patcher, conditioning=given, steps=STEPS,
+                                                 blocks="auto", content=latents["content"],
+                                                 style=latents["style"]).result[0]
+            assert [extra["guidance"] for _, extra in inversion.conditioning] == [expected]
+    assert "guidance" not in without[0][1]   # the caller's conditioning is not changed

@@ -8,6 +8,7 @@ A family object (made for one diffusion model by :func:`family_of`) answers:
                            block keys, or a ValueError that lists the valid blocks
   feature_bytes(keys, streams, latent_size, steps, dtype)
                            what recording those blocks' features would take
+  prepare_conditioning(c)  the conditioning the whole run uses (e.g. Flux's guidance set explicitly)
   install(model_patcher, blocks)
                            SCSA's hooks on a clone, for those blocks (where q/k/v come from,
                            the token layout and grid are the family's business)

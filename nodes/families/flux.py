@@ -16,6 +16,8 @@ their q/k/v from the same call (``nodes/injection.py``, ``InjectRun.joint_attent
 """
 from __future__ import annotations
 
+import logging
+
 import comfy.ldm.flux.model
 
 from ..injection import RUN_KEY
@@ -23,6 +25,9 @@ from ..parameterisations import FlowEuler
 from .blocks import parse_blocks
 
 OVERRIDE_KEY = "optimized_attention_override"
+DEFAULT_GUIDANCE = 3.5   # what ComfyUI's Flux model uses for a conditioning without guidance
+
+log = logging.getLogger("scsa")
 
 
 class FluxFamily:
@@ -85,6 +90,18 @@ class FluxFamily:
     def rope(self) -> tuple[tuple[int, ...], float]:
         """``(axes_dim, theta)`` of the model's RoPE."""
         return tuple(self.params.axes_dim), float(self.params.theta)
+
+    def prepare_conditioning(self, conditioning):
+        """The conditioning with Flux's distilled guidance set explicitly, so inversion and
+        sampling use the same value: the one given (FluxGuidance before SCSAInvert), else
+        :data:`DEFAULT_GUIDANCE`, ComfyUI's own default."""
+        if not getattr(self.diffusion_model.params, "guidance_embed", False):
+            return conditioning   # schnell / Klein-distilled: no guidance input
+        if all("guidance" in entry[1] for entry in conditioning):
+            return conditioning
+        log.info("SCSA: Flux guidance %.1f for inversion and sampling (set it with FluxGuidance before "
+                 "SCSAInvert)", DEFAULT_GUIDANCE)
+        return [[entry[0], {"guidance": DEFAULT_GUIDANCE, **entry[1]}] for entry in conditioning]
 
     @staticmethod
     def block_key(transformer_options: dict):

@@ -129,6 +129,10 @@ class UNetFamily:
         return streams * per_step * steps * torch.finfo(dtype).bits // 8
 
     @staticmethod
+    def prepare_conditioning(conditioning):
+        return conditioning
+
+    @staticmethod
     def block_key(extra_options: dict) -> BlockKey | None:
         """The block a ComfyUI attention patch is called for, from its ``extra_options``."""
         block = extra_options.get("block")
