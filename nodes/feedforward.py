@@ -23,8 +23,6 @@ import pickle
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import torch
-
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils

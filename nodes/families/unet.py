@@ -9,7 +9,6 @@ block's self-attention through the attn1 replace, attn1 output and middle patche
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 
