@@ -242,8 +242,9 @@ def test_workflow_loads_converts_and_runs_in_the_frontend(page, comfy_server, de
     _screenshot(page, name, tmp_path, ui_file, defs)
 
 
-# SCSAApply's inputs added after workflows were first saved (issue 13: when injection acts).
-ADDED_APPLY_WIDGETS = ("start", "end", "strength_schedule")
+# SCSAApply's inputs added after workflows were first saved (issue 13: when injection acts; issue 17:
+# rope_mode for DiTs).
+ADDED_APPLY_WIDGETS = ("start", "end", "strength_schedule", "rope_mode")
 
 
 @pytest.mark.parametrize("name", ["scsa_sd15_color_maps", "styleid_sd15"])
@@ -261,7 +262,7 @@ def test_a_workflow_saved_before_the_timing_inputs_loads_with_their_defaults(pag
         defaults = dict(zip(ADDED_APPLY_WIDGETS, node["widgets_values"][-len(ADDED_APPLY_WIDGETS):]))
         node["widgets_values"] = node["widgets_values"][:-len(ADDED_APPLY_WIDGETS)]
         node["inputs"] = [i for i in node["inputs"] if i["name"] not in ADDED_APPLY_WIDGETS]
-    assert defaults == {"start": 0.0, "end": 1.0, "strength_schedule": "constant"}
+    assert defaults == {"start": 0.0, "end": 1.0, "strength_schedule": "constant", "rope_mode": "shift"}
 
     assert _load(page, old) == []
     assert page.evaluate("document.querySelectorAll('.p-dialog').length") == 0

@@ -391,8 +391,9 @@ def test_converter_names_the_node_when_widgets_do_not_fit():
         wf.ui_to_api({"nodes": [{"id": 1, "type": "Gone", "mode": 0}], "links": []}, DEFS)
 
 
-# SCSAApply's inputs added after workflows were first saved (issue 13: when injection acts).
-ADDED_APPLY_WIDGETS = ("start", "end", "strength_schedule")
+# SCSAApply's inputs added after workflows were first saved (issue 13: when injection acts; issue 17:
+# rope_mode for DiTs).
+ADDED_APPLY_WIDGETS = ("start", "end", "strength_schedule", "rope_mode")
 APPLY_WORKFLOWS = [n for n in wi.WORKFLOWS if wf.nodes_of_type(wi.committed(n)[0], "SCSAApply")]
 
 
@@ -410,7 +411,7 @@ def test_a_workflow_saved_before_the_timing_inputs_converts_with_their_defaults(
     layout = wf.widget_layout(defs["SCSAApply"])
     assert [w for w, _ in layout[-len(ADDED_APPLY_WIDGETS):]] == list(ADDED_APPLY_WIDGETS)
     defaults = {i.name: i.default for i in wf.input_defs(defs["SCSAApply"]) if i.name in ADDED_APPLY_WIDGETS}
-    assert defaults == {"start": 0.0, "end": 1.0, "strength_schedule": "constant"}
+    assert defaults == {"start": 0.0, "end": 1.0, "strength_schedule": "constant", "rope_mode": "shift"}
 
     old = _drop_apply_widgets(ui, defs, len(ADDED_APPLY_WIDGETS))
     apply_ids = wf.nodes_of_type(old, "SCSAApply")
@@ -426,8 +427,8 @@ def test_a_workflow_saved_before_the_timing_inputs_converts_with_their_defaults(
     assert required == ["gamma"] and not {i.name: i for i in wf.input_defs(defs["SCSAApply"])}["gamma"].optional
     too_old = _drop_apply_widgets(ui, defs, len(ADDED_APPLY_WIDGETS) + 2)
     with pytest.raises(wf.WorkflowError, match=rf"node {apply_ids[0]} \(SCSAApply\).*\['gamma', "
-                                               r"'styleid_temperature', 'start', 'end', 'strength_schedule'\] "
-                                               r"are missing and \['gamma'\] is required"):
+                                               r"'styleid_temperature', 'start', 'end', 'strength_schedule', "
+                                               r"'rope_mode'\] are missing and \['gamma'\] is required"):
         wf.ui_to_api(too_old, defs)
 
 
