@@ -25,9 +25,9 @@ import torch
 
 import comfy.samplers
 
-from ..scsa_core.flow import flow_invert, flow_sample, velocity
-from ..scsa_core.schedules import (TIMESTEP_MODES, ddim_invert, ddim_sample, implied_noise, inversion_schedule,
-                                   sampling_schedule)
+from ..scsa_core.flow import flow_invert, flow_sample
+from ..scsa_core.schedules import (TIMESTEP_MODES, SamplingSchedule, ddim_invert, ddim_sample, implied_noise,
+                                   inversion_schedule, sampling_schedule)
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class VPDDIM:
         """
         eps_fn = self._eps_fn(denoise, sigmas, keys)
         step_eps = eps_fn if references is None else (lambda x_ddpm, t: references(eps_fn, x_ddpm, t))
-        schedule = _DDIMSteps(tuple(zip(keys[:-1], keys[1:])))
+        schedule = SamplingSchedule(start_from=keys[0], steps=tuple(zip(keys[:-1], keys[1:])))
         return ddim_sample(step_eps, noise[:1], schedule, self._alphas(keys, sigmas),
                            on_step=None if on_step is None else (lambda i, t, x_, x0: on_step(i, x0)),
                            before_step=None if before_step is None else (lambda i, t: before_step(i)))
@@ -138,12 +138,6 @@ class VPDDIM:
         eps = self._eps_fn(denoise, sigmas, keys)(x.to(device), t)
         used = implied_noise(x.double().cpu(), x_next.double().cpu(), alphas[t], alphas[t_next])
         return float((eps.double().cpu() - used).norm() / used.norm().clamp_min(1e-12))
-
-
-@dataclass(frozen=True)
-class _DDIMSteps:
-    """The ``steps`` of a ``scsa_core.schedules.SamplingSchedule``, for ``ddim_sample``."""
-    steps: tuple
 
 
 class FlowEuler:
@@ -220,12 +214,3 @@ class FlowEuler:
         """``(noise, latent)`` for ``sample_custom``: the inverted latent is the noise (at sigma 1
         ComfyUI's sampler starts from it exactly), the latent is empty."""
         return start_rows, torch.zeros_like(start_rows)
-
-    def mismatch(self, denoise, trajectory: dict, keys, sigmas: torch.Tensor, index: int) -> float:
-        """Relative L2 between the velocity the model predicts for step ``index`` of a saved
-        ``trajectory`` and the one that made it (near 0 for the same model and conditioning)."""
-        x, x_next = trajectory[keys[index]].to(sigmas.device), trajectory[keys[index + 1]].to(sigmas.device)
-        step = sigmas[index + 1] - sigmas[index]
-        predicted = velocity(x, denoise(x, index + 1), sigmas[index + 1])
-        used = (x_next.double() - x.double()) / step.double()
-        return float((predicted.double() - used).norm() / used.norm().clamp_min(1e-12))
