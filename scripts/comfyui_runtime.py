@@ -46,6 +46,7 @@ REQUIRED_ENTRIES = ("main.py", "comfy", "comfy_api")
 # Name under which the pack is linked into the server's custom_nodes folder (= the registry
 # node id in pyproject.toml).
 PACK_NAME = "scsa-style-transfer"
+STANDIN_NAME = "scsa-stand-ins"   # scripts/standin_nodes, loaded only with ComfyServer(stand_ins=True)
 SETUP_HINT = "run `bash scripts/setup.sh` (or set COMFYUI_PATH to your ComfyUI checkout)"
 
 
@@ -141,8 +142,8 @@ def write_extra_model_paths(yaml_path: Path, custom_nodes_dir: Path,
     lines = ["scsa_tests:", f"    custom_nodes: {json.dumps(str(custom_nodes_dir))}"]
     if models_dir is not None:
         models_dir = Path(models_dir).resolve()
-        # checkpoints/vae live directly in the given folder, or in the usual sub-folders.
-        for folder in ("checkpoints", "vae"):
+        # Model files live directly in the given folder, or in the usual sub-folders.
+        for folder in ("checkpoints", "vae", "vae_approx", "diffusion_models", "text_encoders"):
             paths = [str(models_dir)]
             if (models_dir / folder).is_dir():
                 paths.insert(0, str(models_dir / folder))
@@ -306,7 +307,8 @@ class ComfyServer(ComfyClient):
 
     Layout of the private temp dir: ``custom_nodes/scsa-style-transfer`` (a SYMLINK to the repo;
     the repo's parent is never listed, so sibling folders are not loaded), ``extra_model_paths.yaml``
-    (custom_nodes + checkpoints/vae -> ``models_dir``), ``input/``, ``output/``, ``temp/``, ``user/``
+    (custom_nodes + checkpoints/vae/diffusion_models/text_encoders -> ``models_dir``), with
+    ``stand_ins`` also ``custom_nodes/scsa-stand-ins`` (scripts/standin_nodes), ``input/``, ``output/``, ``temp/``, ``user/``
     and ``server.log``. The database is in memory, so nothing is written into the ComfyUI checkout.
 
         with ComfyServer(models_dir=d) as srv:
@@ -316,7 +318,8 @@ class ComfyServer(ComfyClient):
     def __init__(self, models_dir: str | os.PathLike | None = None, port: int | None = None,
                  comfy_dir: str | os.PathLike | None = None, python: str | None = None,
                  extra_args: list[str] | tuple[str, ...] = (), startup_timeout: float = 300.0,
-                 workdir: str | os.PathLike | None = None, pack_dir: str | os.PathLike | None = None):
+                 workdir: str | os.PathLike | None = None, pack_dir: str | os.PathLike | None = None,
+                 stand_ins: bool = False):
         self.comfy_dir = Path(comfy_dir).resolve() if comfy_dir else comfyui_path()
         self.models_dir = Path(models_dir).resolve() if models_dir else None
         self.port = port or free_port()
@@ -324,6 +327,7 @@ class ComfyServer(ComfyClient):
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
         self.pack_dir = Path(pack_dir).resolve() if pack_dir else REPO_ROOT
+        self.stand_ins = stand_ins   # also load scripts/standin_nodes (random-weight stand-ins)
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="scsa-comfy-server-"))
         self.proc: subprocess.Popen | None = None
@@ -340,6 +344,12 @@ class ComfyServer(ComfyClient):
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(self.pack_dir, target_is_directory=True)
+        loaded = [PACK_NAME]
+        if self.stand_ins:
+            stand_ins = cn / STANDIN_NAME
+            if not stand_ins.is_symlink():
+                stand_ins.symlink_to(REPO_ROOT / "scripts" / "standin_nodes", target_is_directory=True)
+            loaded.append(STANDIN_NAME)
         for d in ("input", "output", "temp", "user"):
             (w / d).mkdir(exist_ok=True)
         yaml_path = write_extra_model_paths(w / "extra_model_paths.yaml", cn, self.models_dir)
@@ -354,7 +364,7 @@ class ComfyServer(ComfyClient):
             "--user-directory", str(w / "user"),
             "--database-url", "sqlite:///:memory:",
             # Only our pack: ComfyUI's own custom_nodes/ (or a user's) stays unloaded.
-            "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME,
+            "--disable-all-custom-nodes", "--whitelist-custom-nodes", *loaded,
             "--disable-api-nodes",
             *self.extra_args,
         ]

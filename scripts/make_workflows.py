@@ -88,6 +88,33 @@ CORE_NODES = {
         "display_name": "Save Image",
         "input": {"required": {"images": ["IMAGE", {}], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}},
         "input_order": {"required": ["images", "filename_prefix"]}, "output": [], "output_name": []},
+    "UNETLoader": {
+        "display_name": "Load Diffusion Model",
+        "input": {"required": {"unet_name": [[], {}],
+                               "weight_dtype": [["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"], {}]}},
+        "input_order": {"required": ["unet_name", "weight_dtype"]}, "output": ["MODEL"], "output_name": ["MODEL"]},
+    "DualCLIPLoader": {
+        "display_name": "DualCLIPLoader",
+        "input": {"required": {"clip_name1": [[], {}], "clip_name2": [[], {}], "type": [["flux"], {}]},
+                  "optional": {"device": [["default", "cpu"], {"advanced": True}]}},
+        "input_order": {"required": ["clip_name1", "clip_name2", "type"], "optional": ["device"]},
+        "output": ["CLIP"], "output_name": ["CLIP"]},
+    "CLIPLoader": {
+        "display_name": "Load CLIP",
+        "input": {"required": {"clip_name": [[], {}], "type": [["flux2"], {}]},
+                  "optional": {"device": [["default", "cpu"], {"advanced": True}]}},
+        "input_order": {"required": ["clip_name", "type"], "optional": ["device"]},
+        "output": ["CLIP"], "output_name": ["CLIP"]},
+    "VAELoader": {
+        "display_name": "Load VAE",
+        "input": {"required": {"vae_name": [[], {}]}}, "input_order": {"required": ["vae_name"]},
+        "output": ["VAE"], "output_name": ["VAE"]},
+    "FluxGuidance": {
+        "display_name": "FluxGuidance",
+        "input": {"required": {"conditioning": ["CONDITIONING", {}],
+                               "guidance": ["FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1}]}},
+        "input_order": {"required": ["conditioning", "guidance"]},
+        "output": ["CONDITIONING"], "output_name": ["CONDITIONING"]},
     "ImageColorToMask": {
         "display_name": "ImageColorToMask",
         "input": {"required": {"image": ["IMAGE", {}], "color": ["INT", {"default": 0, "min": 0, "max": 0xFFFFFF}]}},
@@ -126,6 +153,11 @@ def _model_and_images(g: Graph, maps: str | None, checkpoint: str = CHECKPOINT):
     """Load Checkpoint, empty prompt, content/style images and (optionally) the two maps."""
     ckpt = g.add("CheckpointLoaderSimple", (40, 60), (320, 98), ckpt_name=File(checkpoint))
     empty = g.add("CLIPTextEncode", (40, 210), (320, 110), title="Empty prompt", text="", clip=ckpt[1])
+    return (ckpt, empty, *_images(g, maps))
+
+
+def _images(g: Graph, maps: str | None):
+    """Content/style images and (optionally) the two maps."""
     content = g.add("LoadImage", (400, 60), (300, 330), title="Content image", image=File(IMAGES["content"]))
     style = g.add("LoadImage", (720, 60), (300, 330), title="Style image", image=File(IMAGES["style"]))
     content_map = style_map = None
@@ -139,7 +171,7 @@ def _model_and_images(g: Graph, maps: str | None, checkpoint: str = CHECKPOINT):
                             image=File(IMAGES["content_map"]))
         style_map = g.add("LoadImage", (720, 440), (300, 330), title="Style semantic map",
                           image=File(IMAGES["style_map"]))
-    return ckpt, empty, content, style, content_map, style_map
+    return content, style, content_map, style_map
 
 
 def _encode(g: Graph, ckpt, image, pos, title):
@@ -154,9 +186,9 @@ def _encode_pair(g: Graph, ckpt, content, style, content_map, style_map) -> dict
             "style_map": _encode(g, ckpt, style_map, (1060, 530), "Encode style map")}
 
 
-def _scsa_tail(g: Graph, ckpt, empty, latents: dict, semantics, x: float, prefix: str):
+def _scsa_tail(g: Graph, ckpt, empty, latents: dict, semantics, x: float, prefix: str, **invert_values):
     invert = g.add("SCSAInvert", (x, 60), (330, 230), model=ckpt[0], conditioning=empty[0],
-                   **{socket: encoded[0] for socket, encoded in latents.items()})
+                   **{socket: encoded[0] for socket, encoded in latents.items()}, **invert_values)
     apply = g.add("SCSAApply", (x, 330), (330, 290), model=ckpt[0],
                   semantics=semantics[0] if semantics is not None else None)
     sampler = g.add("SCSAStyleSampler", (x + 370, 60), (300, 120), model=apply[0], inversion=invert[0])
@@ -249,6 +281,56 @@ def scsa_sdxl() -> Graph:
     return scsa_color_maps("scsa_sdxl_color_maps", SDXL_CHECKPOINT, NOTE_SDXL, prefix="scsa_sdxl")
 
 
+# What ComfyUI's own Flux templates load. Flux.1: Load Diffusion Model + DualCLIPLoader (CLIP-L and
+# T5-XXL, type flux) + Load VAE; Flux.2: its Mistral text encoder through Load CLIP (type flux2).
+FLUX_FILES = {
+    "flux1": dict(model="flux1-dev.safetensors", text_encoders=("clip_l.safetensors", "t5xxl_fp16.safetensors"),
+                  vae="ae.safetensors", steps=28),
+    "flux2": dict(model="flux2_dev_fp8mixed.safetensors", text_encoders=("mistral_3_small_flux2_bf16.safetensors",),
+                  vae="flux2-vae.safetensors", steps=28),
+}
+
+
+def scsa_flux(variant: str) -> Graph:
+    """SCSA on Flux.1 / Flux.2 (experimental): the colour-map graph on Flux's loaders, with the
+    distilled guidance set once (FluxGuidance) for inversion and sampling."""
+    files = FLUX_FILES[variant]
+    g = Graph(f"scsa_{variant}", view=(0.75, (20.0, 20.0)))
+    unet = g.add("UNETLoader", (40, 60), (320, 82), unet_name=File(files["model"]))
+    if variant == "flux1":
+        clip = g.add("DualCLIPLoader", (40, 180), (320, 130), clip_name1=File(files["text_encoders"][0]),
+                     clip_name2=File(files["text_encoders"][1]), type="flux")
+    else:
+        clip = g.add("CLIPLoader", (40, 180), (320, 106), clip_name=File(files["text_encoders"][0]), type="flux2")
+    vae = g.add("VAELoader", (40, 340), (320, 58), vae_name=File(files["vae"]))
+    empty = g.add("CLIPTextEncode", (40, 430), (320, 110), title="Empty prompt", text="", clip=clip[0])
+    guidance = g.add("FluxGuidance", (40, 570), (320, 58), conditioning=empty[0])
+    loaders = (unet[0], clip[0], vae[0])
+    content, style, content_map, style_map = _images(g, "color")
+    latents = _encode_pair(g, loaders, content, style, content_map, style_map)
+    pair = g.add("SCSASemanticPair", (1060, 640), (420, 360), content_map=content_map[0], style_map=style_map[0])
+    _scsa_tail(g, loaders, guidance, latents, pair, 1520, f"scsa_{variant}", steps=files["steps"])
+    g.note(NOTE_FLUX[variant], (40, 660), (330, 420))
+    g.group("Model", (20, -10, 360, 1100))
+    g.group("Images and semantic maps", (380, -10, 660, 800))
+    g.group("SCSA (experimental on Flux)", (1500, -10, 770, 760))
+    return g
+
+
+_NOTE_FLUX_COMMON = """Experimental: no real {name} weights were run through SCSA when this was made. It runs; what looks best is unmeasured. A real-weight run should tune: Invert's blocks (auto = the second half of the single blocks), FluxGuidance (used for inversion and sampling alike), Apply SCSA's rope_mode (shift / shared) and the number of steps.
+
+Content and style must have the same size on Flux; each semantic map the size of its own image. Storage is always recompute (a feature bank would not fit at 1024 px)."""
+
+NOTE_FLUX = {
+    "flux1": "SCSA semantic style transfer on Flux.1 (dev, schnell, Krea)\n\n1. Load Diffusion Model: the Flux.1 "
+             "model; DualCLIPLoader: clip_l + t5xxl (type flux); Load VAE: ae.\n2. Content, style and their colour "
+             "maps, as for SD1.5.\n\n" + _NOTE_FLUX_COMMON.format(name="Flux.1"),
+    "flux2": "SCSA semantic style transfer on Flux.2 (dev, Klein)\n\n1. Load Diffusion Model: the Flux.2 model; "
+             "Load CLIP: its text encoder (type flux2); Load VAE: the Flux.2 VAE.\n2. Content, style and their "
+             "colour maps, as for SD1.5.\n\n" + _NOTE_FLUX_COMMON.format(name="Flux.2"),
+}
+
+
 def feedforward(variant: str) -> Graph:
     """SANet+SCSA or StyTr2+SCSA: one network pass, no diffusion model."""
     node_type, weights, note = FEEDFORWARD[variant]
@@ -291,7 +373,8 @@ FEEDFORWARD = {"sanet": ("SCSASANetStylize", "sanet/", NOTE_SANET),
 
 GRAPHS = {"scsa_sd15_color_maps": scsa_color_maps, "styleid_sd15": styleid, "scsa_sd15_masks": scsa_masks,
           "scsa_sdxl_color_maps": scsa_sdxl, "scsa_sanet": lambda: feedforward("sanet"),
-          "scsa_stytr2": lambda: feedforward("stytr2"), "scsa_two_styles": scsa_two_styles}
+          "scsa_stytr2": lambda: feedforward("stytr2"), "scsa_two_styles": scsa_two_styles,
+          "scsa_flux1": lambda: scsa_flux("flux1"), "scsa_flux2": lambda: scsa_flux("flux2")}
 
 
 # ---------------------------------------------------------------------- node definitions

@@ -334,16 +334,31 @@ def prepare_images(files: dict[str, Path], size: int | None, own_style_size: boo
     return out
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def checkpoint_folders(models: Path | None, comfy_dir: Path) -> list[Path]:
+# ----------------------------------------------------------------------------- model files
+# The loaders whose files the runner looks for: class -> [(input, ComfyUI model folder, position
+# of the input among the UI node's widgets_values)].
+MODEL_INPUTS = {
+    "CheckpointLoaderSimple": [("ckpt_name", "checkpoints", 0)],
+    "UNETLoader": [("unet_name", "diffusion_models", 0)],
+    "VAELoader": [("vae_name", "vae", 0)],
+    "DualCLIPLoader": [("clip_name1", "text_encoders", 0), ("clip_name2", "text_encoders", 1)],
+    "CLIPLoader": [("clip_name", "text_encoders", 0)],
+}
+TEXT_ENCODER_LOADERS = ("DualCLIPLoader", "CLIPLoader")
+# A Flux workflow's text-encoder type -> the stand-in Flux variant (scripts/standin_nodes).
+FLUX_STANDINS = {"flux": "flux1", "flux2": "flux2"}
+
+
+def model_folders(models: Path | None, comfy_dir: Path, kind: str) -> list[Path]:
+    """Where the embedded server looks for files of one ComfyUI model folder ``kind``."""
     folders = []
     if models is not None:
-        folders += [models / "checkpoints", models]
-    folders.append(comfy_dir / "models" / "checkpoints")
+        folders += [models / kind, models]
+    folders.append(comfy_dir / "models" / kind)
     return folders
 
 
-def checkpoints_in(folders: list[Path]) -> list[str]:
+def files_in(folders: list[Path]) -> list[str]:
     names = set()
     for folder in folders:
         if folder.is_dir():
@@ -353,22 +368,108 @@ def checkpoints_in(folders: list[Path]) -> list[str]:
     return sorted(names)
 
 
+def workflow_loaders(workflow: dict) -> list[tuple[str, dict]]:
+    """``[(class, {input: value})]`` of the workflow's model loaders (UI or API format)."""
+    found = []
+    if is_ui_workflow(workflow):
+        for node in workflow["nodes"]:
+            values = node.get("widgets_values")
+            if node.get("type") in MODEL_INPUTS and values:
+                if isinstance(values, dict):
+                    found.append((node["type"], dict(values)))
+                else:
+                    named = {name: values[i] for name, _, i in MODEL_INPUTS[node["type"]] if i < len(values)}
+                    if node["type"] in TEXT_ENCODER_LOADERS:
+                        named["type"] = values[len(MODEL_INPUTS[node["type"]])]
+                    found.append((node["type"], named))
+        return found
+    for node in workflow.values():
+        if isinstance(node, dict) and node.get("class_type") in MODEL_INPUTS:
+            found.append((node["class_type"], dict(node.get("inputs", {}))))
+    return found
+
+
+def _built_in_child(expression: str, what: str, log):
+    """The value of ``expression`` (files written by scripts/tiny_models.py, as JSON) evaluated
+    in a child process with ComfyUI started: building models imports ComfyUI, which must not
+    leak into this one. The writers reuse files already built."""
+    log(f"preparing {what} (built once into {tiny_models.MODELS_CACHE}, ~1 min) ...")
+    script = ("import json, sys, tempfile; sys.path.insert(0, sys.argv[1])\n"
+              "from scripts import comfy_inprocess, comfyui_runtime, tiny_models\n"
+              "comfy_inprocess.start_comfy(comfyui_runtime.comfyui_path(), tempfile.mkdtemp(prefix='scsa-tiny-'))\n"
+              f"print('RESULT=' + json.dumps({expression}, default=str))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)],
+                          capture_output=True, text=True, cwd=str(REPO_ROOT))
+    results = [line[len("RESULT="):] for line in proc.stdout.splitlines() if line.startswith("RESULT=")]
+    if proc.returncode != 0 or not results:
+        raise RunError(f"could not build {what}:\n{proc.stderr[-3000:]}")
+    return json.loads(results[-1])
+
+
 def tiny_checkpoint(log) -> Path:
     """The tiny random-weight SD1.5 checkpoint (scripts/tiny_models.py, built once into .cache/models)."""
     path = tiny_models.MODELS_CACHE / tiny_models.tiny_checkpoint_name(with_clip=True, seed=0)
-    if path.is_file():
-        return path
-    log(f"building the tiny random-weight checkpoint {path} (once, ~1 min) ...")
-    # In a child process: building it imports ComfyUI, which must not leak into this one.
-    code = ("import sys, tempfile; sys.path.insert(0, sys.argv[1])\n"
-            "from scripts import comfy_inprocess, comfyui_runtime, tiny_models\n"
-            "comfy_inprocess.start_comfy(comfyui_runtime.comfyui_path(), tempfile.mkdtemp(prefix='scsa-tiny-'))\n"
-            "print(tiny_models.write_tiny_checkpoint(with_clip=True, seed=0))\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(REPO_ROOT)],
-                          capture_output=True, text=True, cwd=str(REPO_ROOT))
-    if proc.returncode != 0 or not path.is_file():
-        raise RunError(f"could not build the tiny test checkpoint:\n{proc.stderr[-3000:]}")
+    if not path.is_file():
+        _built_in_child("tiny_models.write_tiny_checkpoint(with_clip=True, seed=0)",
+                        f"the tiny random-weight checkpoint {path}", log)
     return path
+
+
+class StandIn:
+    """Random-weight stand-ins for a workflow whose model files are missing: the files go into a
+    temp models folder, and ``rewrite`` points the API prompt's loaders at them."""
+
+    def __init__(self, folder: Path, description: str):
+        self.folder = folder
+        self.description = description
+        self.edits: list = []   # (class, change(node)) applied to every node of that class
+
+    def link(self, kind: str, path: Path) -> str:
+        (self.folder / kind).mkdir(parents=True, exist_ok=True)
+        (self.folder / kind / path.name).symlink_to(path)
+        return path.name
+
+    def rewrite(self, prompt: dict) -> None:
+        for class_type, change in self.edits:
+            for node in prompt.values():
+                if node["class_type"] == class_type:
+                    change(node)
+
+
+def make_stand_in(loaders: list[tuple[str, dict]], folder: Path, comfy_version: str, log) -> StandIn:
+    """The stand-in for the workflow's loaders: the tiny SD1.5 checkpoint for Load Checkpoint;
+    for a Flux workflow (Load Diffusion Model + DualCLIPLoader type flux, or Load CLIP type
+    flux2), the stand-in Flux node, a TAESD-layout VAE and the tiny CLIP-L (through ComfyUI's
+    own Load VAE and Load CLIP)."""
+    classes = {class_type for class_type, _ in loaders}
+    if "CheckpointLoaderSimple" in classes:
+        stand_in = StandIn(folder, "the tiny RANDOM-WEIGHT SD1.5 test checkpoint")
+        name = stand_in.link("checkpoints", tiny_checkpoint(log))
+        stand_in.edits.append(("CheckpointLoaderSimple", lambda node: node["inputs"].update(ckpt_name=name)))
+        return stand_in
+    types = {values.get("type") for class_type, values in loaders if class_type in TEXT_ENCODER_LOADERS}
+    variants = {FLUX_STANDINS[t] for t in types if t in FLUX_STANDINS}
+    if "UNETLoader" not in classes or len(variants) != 1:
+        raise RunError("no random-weight stand-in for this workflow's model (the runner has one for Load "
+                       "Checkpoint and for Flux.1 / Flux.2 graphs): give its model files with --models DIR")
+    variant = variants.pop()
+    files = _built_in_child(f"tiny_models.write_flux_standin_files({variant!r}, {comfy_version!r})",
+                            f"the random-weight stand-in VAE and text encoder for {variant}", log)
+    stand_in = StandIn(folder, f"a tiny RANDOM-WEIGHT {variant} stand-in (scripts/standin_nodes), a random "
+                               "TAESD-layout VAE and a random CLIP-L text encoder")
+    linked = {kind: [stand_in.link(kind, Path(path)) for path in paths] for kind, paths in files.items()}
+    vae = linked["vae"][0] if "vae" in linked else "taef2"   # vae_approx: ComfyUI's taef2 pair
+    text_encoder = linked["text_encoders"][0]
+
+    def model(node):
+        node.update(class_type="TinyRandomFlux", inputs={"variant": variant, "seed": 0})
+
+    def encoder(node):
+        node.update(class_type="CLIPLoader", inputs={"clip_name": text_encoder, "type": "stable_diffusion"})
+
+    stand_in.edits += [("UNETLoader", model), ("VAELoader", lambda node: node["inputs"].update(vae_name=vae)),
+                       ("DualCLIPLoader", encoder), ("CLIPLoader", encoder)]
+    return stand_in
 
 
 # ------------------------------------------------------------------------------------ main
@@ -397,6 +498,9 @@ def parse_args(argv):
                          "reused from the second one on")
     ap.add_argument("--size", type=int, metavar="PX", help="scale the content so its longer side is SIZE px (default: as is)")
     ap.add_argument("--steps", type=int, metavar="N", help="DDIM steps of SCSAInvert (default: the workflow's, 50)")
+    ap.add_argument("--save-latents", type=Path, metavar="DIR",
+                    help="also write each decoded latent (the sampler outputs) into DIR as ComfyUI's own .latent "
+                         "file (SaveLatent's format: safetensors with latent_tensor), to compare runs numerically")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help="where results are copied (default: outputs/)")
     ap.add_argument("--timeout", type=float, default=3600, metavar="S", help="seconds per prompt (default 3600)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -504,7 +608,7 @@ def _main(a, log) -> int:
     workflow = read_workflow(a.workflow)
     jobs = plan_jobs(a, log)
     with connect(a, workflow, log) as session:
-        prompt = prepare_prompt(session.client, workflow, a)
+        prompt = prepare_prompt(session.client, workflow, a, session.stand_in)
         roles = image_roles(prompt)
         check_jobs(jobs, roles, a, log)
         a.out.mkdir(parents=True, exist_ok=True)
@@ -543,6 +647,7 @@ class Session:
         self.client: Client | None = None
         self.server: rt.ComfyServer | None = None
         self.tmp_models: Path | None = None
+        self.stand_in: StandIn | None = None
         self.noise_warning: str | None = None
 
     def __enter__(self) -> "Session":
@@ -572,9 +677,10 @@ def connect(a, workflow: dict, log) -> Session:
         models = a.models.resolve() if a.models else None
         if models is not None and not models.is_dir():
             raise RunError(f"--models {models} is not a folder")
-        models = _models_with_checkpoint(session, a, workflow, models, comfy_dir, log)
+        models = _models_or_stand_in(session, a, workflow, models, comfy_dir, log)
         log(f"starting ComfyUI {rt.comfyui_version(comfy_dir)} from {comfy_dir} (headless, this pack only) ...")
-        session.server = rt.ComfyServer(models_dir=models, comfy_dir=comfy_dir)
+        session.server = rt.ComfyServer(models_dir=models, comfy_dir=comfy_dir,
+                                        stand_ins=session.stand_in is not None)
         session.server.start()
         log(f"ComfyUI is up at {session.server.base_url} (log {session.server.log_path})")
         session.client = Client(session.server.base_url)
@@ -584,30 +690,33 @@ def connect(a, workflow: dict, log) -> Session:
         raise
 
 
-def _models_with_checkpoint(session: Session, a, workflow: dict, models: Path | None, comfy_dir: Path,
-                            log) -> Path | None:
-    """The models folder for the embedded server: ``models`` when the wanted checkpoint is there,
-    else a temp folder with the tiny random-weight checkpoint (and a loud warning)."""
-    folders = checkpoint_folders(models, comfy_dir)
-    wanted = a.checkpoint or _workflow_checkpoint(workflow)
-    available = checkpoints_in(folders)
-    searched = ", ".join(str(f) for f in folders)
-    if not wanted or wanted in available:
+def _models_or_stand_in(session: Session, a, workflow: dict, models: Path | None, comfy_dir: Path,
+                        log) -> Path | None:
+    """The models folder for the embedded server: ``models`` when every file the workflow's
+    loaders name is there, else a temp folder with random-weight stand-ins (and a loud warning)."""
+    loaders = workflow_loaders(workflow)
+    if a.checkpoint:
+        for _, values in loaders:
+            values.update({"ckpt_name": a.checkpoint} if "ckpt_name" in values else {})
+    missing, searched = [], []
+    for class_type, values in loaders:
+        for name, kind, _ in MODEL_INPUTS[class_type]:
+            folders = model_folders(models, comfy_dir, kind)
+            if values.get(name) and values[name] not in files_in(folders):
+                missing.append(f"{values[name]!r} ({kind})")
+                searched += [str(f) for f in folders if str(f) not in searched]
+    if not missing:
         return models
     if a.checkpoint:
-        raise RunError(f"checkpoint {wanted!r} not found. Searched: {searched}. Found: "
-                       f"{', '.join(available) or 'nothing'}. Put the file into one of these "
-                       "folders (or pass --models DIR), or pick one of the found names.")
-    tiny = tiny_checkpoint(log)
+        raise RunError(f"not found: {', '.join(missing)}. Searched: {', '.join(searched)}. Put the files into "
+                       "one of these folders (or pass --models DIR).")
     session.tmp_models = Path(tempfile.mkdtemp(prefix="scsa-run-models-"))
-    (session.tmp_models / tiny.name).symlink_to(tiny)
-    a.checkpoint = tiny.name
+    session.stand_in = make_stand_in(loaders, session.tmp_models, rt.comfyui_version(comfy_dir), log)
     session.noise_warning = (
-        f"NO REAL CHECKPOINT: {wanted!r} is not in {searched}"
-        + (f" (found: {', '.join(available)}; pass --checkpoint NAME to use one)" if available else "")
-        + f".\nUsing the tiny RANDOM-WEIGHT test checkpoint {tiny.name}: the output is NOISE from "
-        "random weights, it only shows that the pipeline runs.\nFor real results put an SD1.5 "
-        f"checkpoint ({wanted}) into {folders[0]} (or pass --models DIR --checkpoint NAME).")
+        f"NO REAL WEIGHTS: {', '.join(missing)} not in {', '.join(searched)}.\n"
+        f"Using {session.stand_in.description}: the output is NOISE from random weights, it only "
+        "shows that the pipeline runs.\nFor real results put the model files into those folders (or "
+        "pass --models DIR; --checkpoint NAME for a Load Checkpoint workflow).")
     log("!" * 78 + "\n" + session.noise_warning + "\n" + "!" * 78)
     if a.size is None:
         a.size = TINY_SIZE
@@ -618,12 +727,14 @@ def _models_with_checkpoint(session: Session, a, workflow: dict, models: Path | 
     return session.tmp_models
 
 
-def prepare_prompt(client: Client, workflow: dict, a) -> dict:
-    """The API prompt of the workflow, with the chosen checkpoint and steps."""
+def prepare_prompt(client: Client, workflow: dict, a, stand_in: StandIn | None = None) -> dict:
+    """The API prompt of the workflow, with the chosen checkpoint (or the stand-ins) and steps."""
     defs = client.get_json("/object_info")
     prompt = ui_to_api(workflow, defs) if is_ui_workflow(workflow) else workflow
     if not isinstance(prompt, dict) or not all(isinstance(v, dict) and "class_type" in v for v in prompt.values()):
         raise RunError(f"{a.workflow} is neither a UI workflow nor an API prompt")
+    if stand_in is not None:
+        stand_in.rewrite(prompt)
     _set_checkpoint(prompt, defs, a.checkpoint, a.server)
     if a.steps is not None:
         for node in prompt.values():
@@ -650,6 +761,8 @@ def run_job(client: Client, prompt: dict, roles: dict, name: str, files: dict, a
     for node in job_prompt.values():
         if node["class_type"] == "SaveImage":
             node["inputs"]["filename_prefix"] = f"scsa_run/{a.workflow.stem}_{name}"
+    if a.save_latents:
+        add_latent_savers(job_prompt, f"scsa_run/{a.workflow.stem}_{name}")
     entry = run_prompt(client, job_prompt, Progress(name, job_prompt, a.quiet), a.timeout)
     saved = [image for output in entry.get("outputs", {}).values()
              for image in output.get("images", []) if image.get("type") == "output"]
@@ -660,20 +773,24 @@ def run_job(client: Client, prompt: dict, roles: dict, name: str, files: dict, a
         target.write_bytes(client.view(image))
         written.append(target)
         log(f"[{name}] wrote {target}")
+    latents = [latent for output in entry.get("outputs", {}).values() for latent in output.get("latents", [])]
+    for k, latent in enumerate(latents if a.save_latents else []):
+        a.save_latents.mkdir(parents=True, exist_ok=True)
+        suffix = f"_{k + 1}" if len(latents) > 1 else ""
+        target = a.save_latents / f"{a.workflow.stem}_{name}{suffix}.latent"
+        target.write_bytes(client.view(latent))
+        log(f"[{name}] wrote {target}")
     return written
 
 
-def _workflow_checkpoint(workflow: dict) -> str | None:
-    if is_ui_workflow(workflow):
-        for node in workflow["nodes"]:
-            if node.get("type") == "CheckpointLoaderSimple" and node.get("widgets_values"):
-                values = node["widgets_values"]
-                return values.get("ckpt_name") if isinstance(values, dict) else values[0]
-        return None
-    for node in workflow.values():
-        if isinstance(node, dict) and node.get("class_type") == "CheckpointLoaderSimple":
-            return node.get("inputs", {}).get("ckpt_name")
-    return None
+def add_latent_savers(prompt: dict, prefix: str) -> None:
+    """A SaveLatent (ComfyUI's own ``.latent`` file) on every latent that a VAE Decode decodes:
+    the sampler outputs, compared numerically where random weights decode to flat images."""
+    decoded = sorted({tuple(node["inputs"]["samples"]) for node in prompt.values()
+                      if node["class_type"] == "VAEDecode" and isinstance(node["inputs"].get("samples"), list)})
+    for k, source in enumerate(decoded):
+        prompt[f"scsa_run_latent_{k}"] = {"class_type": "SaveLatent",
+                                          "inputs": {"samples": list(source), "filename_prefix": prefix}}
 
 
 def _set_checkpoint(prompt: dict, defs: dict, name: str | None, server: str | None) -> None:

@@ -113,10 +113,10 @@ def build_tiny_sd15_patcher(seed: int = 0, model_channels: int = 32, context_dim
                                             offload_device=mm.unet_offload_device())
 
 
-def build_taesd(seed: int = 0):
-    """comfy.taesd.taesd.TAESD(latent_channels=4), random-init (vae_scale 1, vae_shift 0)."""
+def build_taesd(seed: int = 0, latent_channels: int = 4):
+    """comfy.taesd.taesd.TAESD(latent_channels), random-init (vae_scale 1, vae_shift 0)."""
     import comfy.taesd.taesd
-    t = comfy.taesd.taesd.TAESD(latent_channels=4)
+    t = comfy.taesd.taesd.TAESD(latent_channels=latent_channels)
     init_weights_(t, seed, prefix="taesd.")
     return t.eval()
 
@@ -265,12 +265,16 @@ def _init_flux_rmsnorm_scales_(module, seed: int, prefix: str):
     return module
 
 
-def build_tiny_flux_model(variant: str = "flux1", seed: int = 0):
+def build_tiny_flux_model(variant: str = "flux1", seed: int = 0, stand_in: bool = False):
     """comfy.model_base.Flux / Flux2 (ModelType.FLUX: CONST + ModelSamplingFlux, shift 1.15 /
     2.02; latent format Flux / Flux2), random-init, fp32, CPU. Raises FluxVariantUnavailable
-    when the running ComfyUI has no class for ``variant``."""
+    when the running ComfyUI has no class for ``variant``. ``stand_in``: the runner's layout
+    (:data:`_FLUX_STANDIN_LAYOUT`) instead of the tests' smaller one."""
     import torch
-    model_config = _flux_supported_model_class(variant)(tiny_flux_unet_config(variant))
+    config = tiny_flux_unet_config(variant)
+    if stand_in:
+        config.update(_FLUX_STANDIN_LAYOUT[variant])
+    model_config = _flux_supported_model_class(variant)(config)
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})
     init_weights_(model.diffusion_model, seed, prefix="model.diffusion_model.")
@@ -279,7 +283,7 @@ def build_tiny_flux_model(variant: str = "flux1", seed: int = 0):
     return model
 
 
-def build_tiny_flux_patcher(variant: str = "flux1", seed: int = 0):
+def build_tiny_flux_patcher(variant: str = "flux1", seed: int = 0, stand_in: bool = False):
     """ModelPatcher around a random-init Flux.1 ("flux1") or Flux.2 ("flux2") transformer:
     hidden 64, 2 heads of 32, 2 double + 3 single blocks.
 
@@ -290,9 +294,63 @@ def build_tiny_flux_patcher(variant: str = "flux1", seed: int = 0):
     """
     import comfy.model_management as mm
     import comfy.model_patcher
-    model = build_tiny_flux_model(variant, seed)
+    model = build_tiny_flux_model(variant, seed, stand_in)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
+
+
+# The runner's stand-in Flux (scripts/standin_nodes): the real models' head dim (128, RoPE axes
+# as ComfyUI's detection fixes them) and MLP ratio at a width of 256, and CLIP-L's text and pooled
+# sizes (768), because its text encoder is the tiny checkpoint's CLIP-L loaded by ComfyUI's own
+# CLIPLoader. No file of it is written: ComfyUI 0.3.75's detection fixes 24 heads (width 3072),
+# so no tiny Flux file loads through Load Diffusion Model there.
+_FLUX_STANDIN_LAYOUT = {
+    "flux1": dict(hidden_size=256, num_heads=2, axes_dim=[16, 56, 56], mlp_ratio=4.0,
+                  context_in_dim=768, vec_in_dim=768),
+    "flux2": dict(hidden_size=256, num_heads=2, axes_dim=[32, 32, 32, 32], mlp_ratio=3.0,
+                  context_in_dim=768),
+}
+FLUX_STANDIN_VERSION = 1
+
+
+def write_flux_standin_files(variant: str, comfy_version: str, seed: int = 0,
+                             folder: Path | None = None) -> dict[str, list[Path]]:
+    """Write (once) the files ComfyUI's own loaders read for a stand-in Flux run: a random
+    TAESD-layout VAE of the variant's latent channels (Load VAE) and a CLIP-L text encoder (Load
+    CLIP, type stable_diffusion: the tiny SD1.5 checkpoint's). fp16, default location
+    .cache/models. Returns ``{ComfyUI model folder: [paths]}``.
+
+    From ComfyUI 0.33 on, TAESD with 128 channels is Flux.2's own tiny autoencoder (1/16 scale),
+    which Load VAE builds only under the name ``taef2`` from ``vae_approx/taef2_encoder`` and
+    ``taef2_decoder``; a single 128-channel file would load as another network. So there the VAE
+    is that pair (folder ``vae_approx``), elsewhere one file (folder ``vae``). The names carry
+    ``comfy_version`` (the running ComfyUI's), since a file fits the layout of its version.
+    """
+    import torch
+    from safetensors.torch import load_file
+    folder = Path(folder) if folder else MODELS_CACHE
+    stem = f"{variant}_tiny_vae_v{FLUX_STANDIN_VERSION}_s{seed}_comfyui{comfy_version}"
+    text_encoder = folder / f"clip_l_tiny_v{TINY_CKPT_VERSION}_s{seed}.safetensors"
+    if not text_encoder.is_file():
+        checkpoint = load_file(str(write_tiny_checkpoint(with_clip=True, seed=seed)))
+        prefix = "cond_stage_model.transformer."
+        _atomic_write_safetensors({k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix)},
+                                  text_encoder)
+    channels = tiny_flux_latent_channels(variant)
+    vae = build_taesd(seed, latent_channels=channels)
+    weights = {k: v.to(torch.float16).contiguous() for k, v in vae.state_dict().items()}
+    if variant == "flux2" and weights["taesd_decoder.1.weight"].shape[1] != channels:
+        pair = [folder / stem / f"taef2_{part}.safetensors" for part in ("encoder", "decoder")]
+        for path, part in zip(pair, ("encoder", "decoder")):
+            prefix = f"taesd_{part}."
+            if not path.is_file():
+                _atomic_write_safetensors({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)},
+                                          path)
+        return {"vae_approx": pair, "text_encoders": [text_encoder]}
+    path = folder / f"{stem}.safetensors"
+    if not path.is_file():
+        _atomic_write_safetensors(weights, path)
+    return {"vae": [path], "text_encoders": [text_encoder]}
 
 
 def tiny_flux_latent_channels(variant: str = "flux1") -> int:
