@@ -296,15 +296,20 @@ def scsa_flux(variant: str) -> Graph:
     distilled guidance set once (FluxGuidance) for inversion and sampling."""
     files = FLUX_FILES[variant]
     g = Graph(f"scsa_{variant}", view=(0.75, (20.0, 20.0)))
-    unet = g.add("UNETLoader", (40, 60), (320, 82), unet_name=File(files["model"]))
+    # Explicit titles: ComfyUI renamed some of these nodes' display names between versions, and
+    # an untitled node's API title is its display name.
+    unet = g.add("UNETLoader", (40, 60), (320, 82), title="Load Diffusion Model", unet_name=File(files["model"]))
     if variant == "flux1":
-        clip = g.add("DualCLIPLoader", (40, 180), (320, 130), clip_name1=File(files["text_encoders"][0]),
-                     clip_name2=File(files["text_encoders"][1]), type="flux")
+        clip = g.add("DualCLIPLoader", (40, 180), (320, 130), title="Load text encoders (CLIP-L + T5)",
+                     clip_name1=File(files["text_encoders"][0]), clip_name2=File(files["text_encoders"][1]),
+                     type="flux")
     else:
-        clip = g.add("CLIPLoader", (40, 180), (320, 106), clip_name=File(files["text_encoders"][0]), type="flux2")
-    vae = g.add("VAELoader", (40, 340), (320, 58), vae_name=File(files["vae"]))
+        clip = g.add("CLIPLoader", (40, 180), (320, 106), title="Load text encoder",
+                     clip_name=File(files["text_encoders"][0]), type="flux2")
+    vae = g.add("VAELoader", (40, 340), (320, 58), title="Load VAE", vae_name=File(files["vae"]))
     empty = g.add("CLIPTextEncode", (40, 430), (320, 110), title="Empty prompt", text="", clip=clip[0])
-    guidance = g.add("FluxGuidance", (40, 570), (320, 58), conditioning=empty[0])
+    guidance = g.add("FluxGuidance", (40, 570), (320, 58), title="Flux guidance (inversion and sampling)",
+                     conditioning=empty[0])
     loaders = (unet[0], clip[0], vae[0])
     content, style, content_map, style_map = _images(g, "color")
     latents = _encode_pair(g, loaders, content, style, content_map, style_map)

@@ -425,8 +425,10 @@ class StandIn:
         self.edits: list = []   # (class, change(node)) applied to every node of that class
 
     def link(self, kind: str, path: Path) -> str:
-        (self.folder / kind).mkdir(parents=True, exist_ok=True)
-        (self.folder / kind / path.name).symlink_to(path)
+        target = self.folder / kind / path.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path)
         return path.name
 
     def rewrite(self, prompt: dict) -> None:
@@ -447,17 +449,32 @@ def make_stand_in(loaders: list[tuple[str, dict]], folder: Path, comfy_version: 
         name = stand_in.link("checkpoints", tiny_checkpoint(log))
         stand_in.edits.append(("CheckpointLoaderSimple", lambda node: node["inputs"].update(ckpt_name=name)))
         return stand_in
-    types = {values.get("type") for class_type, values in loaders if class_type in TEXT_ENCODER_LOADERS}
-    variants = {FLUX_STANDINS[t] for t in types if t in FLUX_STANDINS}
-    if "UNETLoader" not in classes or len(variants) != 1:
+    variant = flux_variant(loaders)
+    if variant is None:
         raise RunError("no random-weight stand-in for this workflow's model (the runner has one for Load "
                        "Checkpoint and for Flux.1 / Flux.2 graphs): give its model files with --models DIR")
-    variant = variants.pop()
     files = _built_in_child(f"tiny_models.write_flux_standin_files({variant!r}, {comfy_version!r})",
                             f"the random-weight stand-in VAE and text encoder for {variant}", log)
+    return flux_stand_in(variant, {kind: [Path(p) for p in paths] for kind, paths in files.items()}, folder)
+
+
+def flux_variant(loaders: list[tuple[str, dict]]) -> str | None:
+    """"flux1" / "flux2" for a Flux graph (Load Diffusion Model with DualCLIPLoader type flux, or
+    Load CLIP type flux2), else None."""
+    if "UNETLoader" not in {class_type for class_type, _ in loaders}:
+        return None
+    variants = {FLUX_STANDINS.get(values.get("type")) for class_type, values in loaders
+                if class_type in TEXT_ENCODER_LOADERS} - {None}
+    return variants.pop() if len(variants) == 1 else None
+
+
+def flux_stand_in(variant: str, files: dict[str, list[Path]], folder: Path) -> StandIn:
+    """The stand-in for a Flux ``variant`` graph, with ``files`` (tiny_models.write_flux_standin_files)
+    linked into ``folder``: Load Diffusion Model becomes the stand-in node, Load VAE and the text
+    encoder loader read the stand-in files through ComfyUI's own loaders."""
     stand_in = StandIn(folder, f"a tiny RANDOM-WEIGHT {variant} stand-in (scripts/standin_nodes), a random "
                                "TAESD-layout VAE and a random CLIP-L text encoder")
-    linked = {kind: [stand_in.link(kind, Path(path)) for path in paths] for kind, paths in files.items()}
+    linked = {kind: [stand_in.link(kind, path) for path in paths] for kind, paths in files.items()}
     vae = linked["vae"][0] if "vae" in linked else "taef2"   # vae_approx: ComfyUI's taef2 pair
     text_encoder = linked["text_encoders"][0]
 

@@ -204,13 +204,27 @@ def oracle_checkpoint(oracle_dir, comfy_core) -> Path:
 
 # ------------------------------------------------------------------------------------ server
 @pytest.fixture(scope="session")
-def models_dir(tiny_checkpoint, tmp_path_factory) -> Path:
-    """A temp models folder holding (a symlink to) the tiny checkpoint, and random-weight SANet
-    and StyTr2 sets under style_transfer/ named as the feed-forward templates name them."""
+def flux_stand_ins(comfy_core, comfyui_dir, tiny_checkpoint, tmp_path_factory) -> dict:
+    """``{"flux1" | "flux2": scripts.run_workflow.StandIn}``: the runner's random-weight stand-ins
+    for the Flux workflows (``.rewrite(api_prompt)``), their files linked into the session's
+    models folder (``.folder``, which ``models_dir`` returns)."""
+    from scripts import run_workflow
+
+    d = tmp_path_factory.mktemp("models")
+    version = rt.comfyui_version(comfyui_dir)
+    return {variant: run_workflow.flux_stand_in(variant, tiny_models.write_flux_standin_files(variant, version), d)
+            for variant in tiny_models.FLUX_VARIANTS}
+
+
+@pytest.fixture(scope="session")
+def models_dir(tiny_checkpoint, flux_stand_ins, tmp_path_factory) -> Path:
+    """A temp models folder holding (a symlink to) the tiny checkpoint, the Flux stand-ins'
+    files, and random-weight SANet and StyTr2 sets under style_transfer/ named as the
+    feed-forward templates name them."""
     import feedforward_weights
     from scripts import make_workflows
 
-    d = tmp_path_factory.mktemp("models")
+    d = next(iter(flux_stand_ins.values())).folder
     link = d / tiny_checkpoint.name
     try:
         link.symlink_to(tiny_checkpoint)
@@ -226,8 +240,9 @@ def models_dir(tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def comfy_server(comfyui_dir, models_dir):
     """A headless ComfyUI (main.py --cpu) with this pack linked into its custom_nodes and
-    ``models_dir`` as checkpoints/vae folder; stopped at the end of the session."""
-    srv = rt.ComfyServer(models_dir=models_dir, comfy_dir=comfyui_dir)
+    ``models_dir`` as its models folder and the random-weight stand-in nodes (scripts/standin_nodes);
+    stopped at the end of the session."""
+    srv = rt.ComfyServer(models_dir=models_dir, comfy_dir=comfyui_dir, stand_ins=True)
     try:
         srv.start()
     except Exception as e:

@@ -184,6 +184,51 @@ def test_no_arguments_runs_the_example_on_an_embedded_server(tiny_checkpoint, tm
     wi.check_image(files[0], size=rw.TINY_SIZE)
 
 
+@pytest.mark.slow
+def test_the_flux_workflow_runs_on_stand_ins_when_its_files_are_missing(tmp_path):
+    """workflows/scsa_flux1.json with no Flux file anywhere: the runner says so loudly, runs the
+    graph on the random-weight stand-ins (Load Diffusion Model -> the stand-in node, Load VAE
+    and the text encoder loader -> stand-in files) and writes the image and, with
+    --save-latents, the sampler's latent in ComfyUI's .latent format."""
+    from safetensors.torch import load_file
+    empty_models = tmp_path / "models"
+    empty_models.mkdir()
+    out, latents = tmp_path / "out", tmp_path / "latents"
+    proc = run([str(mw.paths("scsa_flux1")["ui"]), "--models", str(empty_models), "--steps", "2",
+                "--out", str(out), "--save-latents", str(latents)], timeout=400)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert "RANDOM-WEIGHT flux1 stand-in" in proc.stdout and "NOISE" in proc.stdout
+    for name in ("flux1-dev.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        assert name in proc.stdout, f"the warning must name the missing {name}"
+    assert [f.name for f in out.glob("*.png")] == ["scsa_flux1_example.png"]
+    saved = load_file(str(latents / "scsa_flux1_example.latent"))
+    assert set(saved) == {"latent_tensor", "latent_format_version_0"}   # SaveLatent's format
+    latent = saved["latent_tensor"]
+    side = rw.TINY_SIZE // 8
+    assert latent.shape == (1, 16, side, side) and latent.isfinite().all() and latent.std() > 0.1
+
+
+def test_saved_latents_tell_runs_apart_that_the_images_do_not(server, tiny_checkpoint, pair, tmp_path):
+    """--save-latents: mirroring the style map changes the sampled latent (the images of random
+    weights are nearly flat 8-bit pictures, so only the latent shows it)."""
+    from safetensors.torch import load_file
+    mirrored = tmp_path / "mirrored_map.png"
+    Image.open(pair["style_map"]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    latents = {}
+    for label, style_map in (("plain", pair["style_map"]), ("mirrored", mirrored)):
+        folder = tmp_path / label
+        proc = run(["--server", server, "--checkpoint", tiny_checkpoint.name, "--content", str(pair["content"]),
+                    "--style", str(pair["style"]), "--content-map", str(pair["content_map"]),
+                    "--style-map", str(style_map), "--steps", "2", "--size", str(wi.SIZE),
+                    "--out", str(folder), "--save-latents", str(folder)])
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        files = list(folder.glob("*.latent"))
+        assert len(files) == 1, files
+        latents[label] = load_file(str(files[0]))["latent_tensor"]
+    assert latents["plain"].shape == (1, 4, wi.SIZE // 8, wi.SIZE // 8)
+    assert not np.array_equal(latents["plain"].numpy(), latents["mirrored"].numpy())
+
+
 # ----------------------------------------------------------------------------- pure helpers
 def test_finds_pairs_and_image_roles(tmp_path):
     wi.write_pair_files(tmp_path / "x" / "7", "7")

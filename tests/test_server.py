@@ -134,9 +134,9 @@ def test_templates_are_served(server):
 
 # ---------------------------------------------------------------------------------- runs
 @pytest.mark.parametrize("name", wi.WORKFLOWS)
-def test_api_workflow_runs(comfy_server, tiny_checkpoint, server_images, name):
+def test_api_workflow_runs(comfy_server, tiny_checkpoint, flux_stand_ins, server_images, name):
     _, api = wi.committed(name)
-    prompt = wi.for_test_api(api, tiny_checkpoint.name)
+    prompt = wi.for_test_api(api, tiny_checkpoint.name, flux_stand_ins=flux_stand_ins)
     status, body = comfy_server.post_json("/prompt", {"prompt": prompt, "client_id": "scsa-test-server"})
     assert status == 200, f"/prompt refused {name}: {json.dumps(body, indent=1)[:3000]}"
     entry = wi.wait_history(comfy_server.base_url, body["prompt_id"])

@@ -21,6 +21,7 @@ from oracle_data import sem_pairs_dir
 from scripts import comfyui_runtime as rt
 from scripts import make_example_inputs as examples
 from scripts import make_workflows as mw
+from scripts import run_workflow
 from scripts import workflow_format as wf
 
 SIZE = 64
@@ -98,9 +99,13 @@ FEEDFORWARD_TEST_SIZE = 128
 FEEDFORWARD_NODES = ("SCSASANetStylize", "SCSAStyTr2Stylize")
 
 
-def for_test_api(api: dict, checkpoint: str, steps: int = STEPS) -> dict:
-    """A copy of an API prompt with the test checkpoint, few steps and a small working size."""
+def for_test_api(api: dict, checkpoint: str, steps: int = STEPS, flux_stand_ins: dict | None = None) -> dict:
+    """A copy of an API prompt with the test checkpoint (or, for a Flux graph, the runner's
+    stand-ins, when the ``flux_stand_ins`` fixture is given), few steps and a small working size."""
     api = copy.deepcopy(api)
+    variant = run_workflow.flux_variant(run_workflow.workflow_loaders(api))
+    if variant is not None and flux_stand_ins is not None:
+        flux_stand_ins[variant].rewrite(api)
     for node in api.values():
         if node["class_type"] == "CheckpointLoaderSimple":
             node["inputs"]["ckpt_name"] = checkpoint
