@@ -84,13 +84,17 @@ class SCSAInvert(io.ComfyNode):
                                             f"style_map_{number}."),
                     io.Latent.Input(f"style_map_{number}", optional=True,
                                     tooltip=f"VAE-encoded semantic map of style image {number}."))],
+                io.Int.Input("refine_steps", default=0, min=0, max=10, optional=True,
+                             tooltip="Flux (flow models; experimental): fixed-point refinements per inversion "
+                                     "step, so that sampling retraces the inversion more exactly. Each costs "
+                                     "one more model call per step. UNet models ignore it (DDIM inversion)."),
             ],
             outputs=[Inversion.Output("inversion", display_name="inversion")],
         )
 
     @classmethod
     def execute(cls, model, conditioning, content, style, steps, blocks, content_map=None, style_map=None,
-                storage="auto", **more_styles):
+                storage="auto", refine_steps=0, **more_styles):
         given = {"content": content, "style": style, "content_map": content_map, "style_map": style_map,
                  **more_styles}
         latents = {name: _latent(given.get(name), name) for name in STREAMS}
@@ -102,7 +106,8 @@ class SCSAInvert(io.ComfyNode):
                                  "style images in order (style, style_2, style_3, style_4).")
         saved = {name: attached for name in STYLE_IMAGES
                  if (attached := saved_style_of(given.get(name), latents[name], latents[MAP_OF[name]], name))}
-        return io.NodeOutput(invert(model, conditioning, latents, steps, blocks, storage, saved_styles=saved))
+        return io.NodeOutput(invert(model, conditioning, latents, steps, blocks, storage, saved_styles=saved,
+                                    refine_steps=refine_steps))
 
 
 class SCSAApply(io.ComfyNode):

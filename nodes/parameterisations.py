@@ -53,6 +53,10 @@ class VPDDIM:
 
     name = "DDIM (VP)"
     timestep_modes = TIMESTEP_MODES
+    refine_steps = 0   # StyleID's plain DDIM inversion: SCSAInvert's refine_steps does not apply
+
+    def refined(self, refine_steps: int) -> "VPDDIM":
+        return self
 
     @staticmethod
     def _sigmas_at(model_patcher, timesteps) -> torch.Tensor:
@@ -160,6 +164,10 @@ class FlowEuler:
     def _descending(self, model_patcher, steps: int) -> torch.Tensor:
         sampling = model_patcher.get_model_object("model_sampling")
         return comfy.samplers.calculate_sigmas(sampling, self.scheduler, steps).float().cpu()
+
+    def refined(self, refine_steps: int) -> "FlowEuler":
+        """This parameterisation with ``refine_steps`` fixed-point refinements per inversion step."""
+        return self if refine_steps == self.refine_steps else FlowEuler(refine_steps)
 
     def plan_inversion(self, model_patcher, steps: int) -> Plan:
         sigmas = self._descending(model_patcher, steps).flip(0)

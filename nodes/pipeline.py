@@ -215,7 +215,7 @@ def _reusable_styles(model_patcher, conditioning, connected: dict, saved: dict, 
 
 def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None], steps: int,
            blocks: str = "auto", storage: str = "auto", saved_styles: dict | None = None,
-           cache: StyleCache | None = STYLE_CACHE) -> SCSAInversion:
+           cache: StyleCache | None = STYLE_CACHE, refine_steps: int = 0) -> SCSAInversion:
     """DDIM-invert the connected ``latents`` (stream -> ``[1, C, H, W]`` or None; up to four
     style images, ``scsa_core.features.STREAMS``) and record the block inputs that injection
     needs, at ``blocks`` (``"auto"`` or e.g. ``"output 6-11"``).
@@ -223,8 +223,9 @@ def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None],
     Latents of one size go in one batch; sizes may differ (each map must match its own image).
     A style image whose inversion is known is not inverted again: ``saved_styles`` (style
     image -> :class:`InvertedStyle` from a file) or ``cache`` (the same style, model, conditioning,
-    steps, blocks and storage as an earlier run). The model is not changed: the recording patch
-    goes on a clone.
+    steps, blocks, storage and refinement as an earlier run). ``refine_steps``: fixed-point
+    refinements per step where the family's parameterisation has them (flow). The model is not
+    changed: the recording patch goes on a clone.
     """
     saved_styles = saved_styles or {}
     streams = tuple(name for name in STREAMS if latents.get(name) is not None)
@@ -259,7 +260,9 @@ def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None],
              estimate / 2 ** 30)
 
     dtype = feature_dtype(model_patcher)
-    storage_key = (storage, str(device), str(dtype))
+    parameterisation = family.parameterisation.refined(refine_steps)
+    # How the inversion is made, beyond steps and blocks: a cached style must match it all.
+    storage_key = (storage, str(device), str(dtype), parameterisation.refine_steps)
     reused = _reusable_styles(model_patcher, conditioning, connected, saved_styles, steps, keys, storage_key, cache)
     reused_streams = {stream for name in reused for stream in _style_streams(name, streams)}
     to_invert = {name: x for name, x in connected.items() if name not in reused_streams}
@@ -271,7 +274,6 @@ def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None],
     bank = FeatureBank(streams if recording else (), dtype=dtype, device=device)
     if recording:
         family.install(recorder, keys)
-    parameterisation = family.parameterisation
     plan = parameterisation.plan_inversion(recorder, steps)
     trajectory: dict = {}
     # Images of one size share a batch (the fastest on a GPU, and a one-style run stays what it
