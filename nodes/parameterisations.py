@@ -52,6 +52,7 @@ class VPDDIM:
     """
 
     name = "DDIM (VP)"
+    kind = "ddim"      # what a style file records (nodes/style_reuse.py)
     timestep_modes = TIMESTEP_MODES
     refine_steps = 0   # StyleID's plain DDIM inversion: SCSAInvert's refine_steps does not apply
 
@@ -155,6 +156,7 @@ class FlowEuler:
     """
 
     name = "Euler (flow)"
+    kind = "flow"      # what a style file records (nodes/style_reuse.py)
     timestep_modes = TIMESTEP_MODES   # accepted for the shared node input; a flow has no off-by-one
     scheduler = "simple"
 
@@ -222,3 +224,13 @@ class FlowEuler:
         """``(noise, latent)`` for ``sample_custom``: the inverted latent is the noise (at sigma 1
         ComfyUI's sampler starts from it exactly), the latent is empty."""
         return start_rows, torch.zeros_like(start_rows)
+
+    def mismatch(self, denoise, trajectory: dict, keys, sigmas: torch.Tensor, index: int) -> float:
+        """How far step ``index`` of a saved ``trajectory``, made again with this model (and this
+        parameterisation's refinements), lands from the saved next latent, relative to the step
+        (near 0 for the same model and conditioning; tens of percent for another)."""
+        x, x_next = trajectory[keys[index]].to(sigmas.device), trajectory[keys[index + 1]].to(sigmas.device)
+        redone = flow_invert(lambda latent, sigma_batch: denoise(latent, index + 1), x, sigmas[index:index + 2],
+                             self.refine_steps)[-1]
+        moved = (x_next.double() - x.double()).norm().clamp_min(1e-12)
+        return float((redone.double() - x_next.double()).norm() / moved)

@@ -59,7 +59,8 @@ class SCSAInversion:
     clean_latents: dict = field(default_factory=dict)  # stream -> [1, C, H, W] as given (unscaled)
     reused: tuple = ()        # style images whose inversion came from the cache or a file
     family: str = ""          # the model family's name (nodes/families)
-    savable: bool = True      # whether the style file format can hold this family's inversions
+    parameterisation: str = "ddim"   # the inversion's kind (nodes/parameterisations.py), for style files
+    refine_steps: int = 0
 
     def latent_at(self, t: int, stream: str) -> torch.Tensor:
         """The inverted latent of ``stream`` at timestep ``t``: ``[1, C, h, w]``."""
@@ -153,11 +154,20 @@ def _style_part(inversion: SCSAInversion, name: str) -> InvertedStyle:
     bank = inversion.bank.subset(names) if inversion.storage != "recompute" else None
     trajectory = {t: {part: row[stream] for stream, part in names.items()} for t, row in inversion.trajectory.items()}
     return InvertedStyle(inversion.clean_latents[name], inversion.clean_latents.get(MAP_OF[name]), trajectory,
-                         bank, inversion.steps, inversion.blocks, inversion.storage)
+                         bank, inversion.steps, inversion.blocks, inversion.storage, inversion.parameterisation,
+                         inversion.refine_steps)
 
 
-def _check_saved_style(name: str, style: InvertedStyle, steps: int, blocks: frozenset, channels: int) -> None:
+_KIND_MODELS = {"ddim": "a UNet model (SD1.x, SD2, SDXL)", "flow": "a flow model (Flux)"}
+
+
+def _check_saved_style(name: str, style: InvertedStyle, steps: int, blocks: frozenset, channels: int,
+                       kind: str) -> None:
     """A loaded style must come from an inversion like this one (else a clear error)."""
+    if style.parameterisation != kind:
+        raise ValueError(f"{name}: the saved style was inverted on {_KIND_MODELS[style.parameterisation]}, but "
+                         f"this is {_KIND_MODELS[kind]}. Load it with the model it was saved with, or invert the "
+                         "style image again.")
     if style.steps != steps:
         raise ValueError(f"{name}: the saved style was inverted with {style.steps} steps; set SCSAInvert's steps "
                          f"to {style.steps}, or invert the style image again.")
@@ -174,7 +184,7 @@ def noise_mismatch(model_patcher, conditioning, style: InvertedStyle) -> float:
     """How far this model's noise prediction on a saved style's trajectory is from the one the
     inversion used (relative L2; one model call at the middle step). Near 0: the same model and
     conditioning; another model or prompt gives tens of percent."""
-    parameterisation = family_of(model_patcher).parameterisation
+    parameterisation = family_of(model_patcher).parameterisation.refined(style.refine_steps)
     plan = parameterisation.plan_inversion(model_patcher, style.steps)
     trajectory = {key: row["style"] for key, row in style.trajectory.items()}
 
@@ -248,7 +258,7 @@ def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None],
     storage, device = choose_storage(storage, model_patcher, estimate, family.storage_modes)
     channels = connected["content"].shape[1]
     for name, style in saved_styles.items():
-        _check_saved_style(name, style, steps, keys, channels)
+        _check_saved_style(name, style, steps, keys, channels, family.parameterisation.kind)
     featureless = [name for name, style in saved_styles.items() if style.bank is None]
     if featureless and storage != "recompute":
         if requested != "auto":
@@ -303,7 +313,7 @@ def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None],
     inversion = SCSAInversion(bank, trajectory, streams, batches, steps, keys, conditioning,
                               tuple(connected["content"].shape), tuple(connected["style"].shape), storage,
                               clean_latents=connected, reused=tuple(reused), family=family.name,
-                              savable=family.style_files)
+                              parameterisation=parameterisation.kind, refine_steps=parameterisation.refine_steps)
     if cache is not None:
         for name in inversion.style_images:
             if name not in reused:

@@ -60,10 +60,6 @@ class SCSASaveStyleInversion(io.ComfyNode):
 
     @classmethod
     def execute(cls, inversion, filename_prefix, style, style_map_image=None):
-        if not inversion.savable:
-            raise ValueError(f"inversion: a style inversion of {inversion.family} cannot be saved yet (the style "
-                             "file format holds UNet inversions only). Within a session SCSAInvert reuses the "
-                             "style's inversion for further contents by itself.")
         part = inversion.style_part(style)
         if part.map_latent is not None and style_map_image is None:
             raise ValueError("style_map_image: connect the style's colour map (the image you gave "

@@ -51,7 +51,8 @@ class InvertedStyle:
     latent / map_latent: ``[1, C, h, w]`` the clean style and map latents (as ComfyUI's LATENT
     holds them, unscaled), map None without semantic maps. trajectory: ``t -> {"style": x_t,
     "style_map": x_t}`` in the model's scaled space. bank: the recorded block inputs of streams
-    "style" / "style_map", None with recompute storage.
+    "style" / "style_map", None with recompute storage. parameterisation: the inversion's kind
+    ("ddim": keys are DDIM timesteps; "flow": keys are step indices), with its refine_steps.
     """
     latent: torch.Tensor
     map_latent: torch.Tensor | None
@@ -60,6 +61,8 @@ class InvertedStyle:
     steps: int
     blocks: frozenset
     storage: str
+    parameterisation: str = "ddim"
+    refine_steps: int = 0
 
     @property
     def feature_bytes(self) -> int:
@@ -250,10 +253,15 @@ STYLE_CACHE = StyleCache()
 #   trajectory.<t>.<style|style_map>   [1, C, h, w] at every timestep of the inversion
 #   features.<t>.<name.number.index>.<style|style_map>   [1, tokens, channels] ('memory' and
 #             'offload' storage), grid.<name.number.index>.<stream>   int64 [2] (their token grid)
+# Version 2 (flow inversions: Flux): version 1's layout, plus metadata "parameterisation" ("ddim"
+# or "flow") and "refine_steps". A flow trajectory is keyed by step index 0..steps, not by DDIM
+# timestep, holds latents only (storage recompute), and its blocks are "name.index" (Flux's
+# "single.19"). DDIM inversions are still written as version 1, so that older packs read them.
 # A later version adds its reader to _READERS and keeps the older ones, so old files still load.
 FORMAT_NAME = "scsa-style-inversion"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FILE_FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
+PARAMETERISATIONS = ("ddim", "flow")
 _STYLE_STREAMS = ("style", "style_map")
 # metadata feature_dtype -> (the torch dtype, its safetensors name)
 _FEATURE_DTYPES = {"float16": (torch.float16, "F16"), "bfloat16": (torch.bfloat16, "BF16"),
@@ -268,16 +276,21 @@ class StyleFileError(ValueError):
 
 
 def _block_name(block) -> str:
-    name, number, index = block
-    return f"{name}.{number}.{index}"
+    return ".".join(str(part) for part in block)
 
 
-def _parse_block(text: str) -> tuple | None:
-    """``"output.6.0"`` -> ``("output", 6, 0)``; None when ``text`` is not in that form."""
+# parameterisation -> how its families name blocks: UNet ("output.6.0"), Flux ("single.19")
+_BLOCK_PARTS = {"ddim": 3, "flow": 2}
+_BLOCK_EXAMPLE = {"ddim": "output.6.0", "flow": "single.19"}
+
+
+def _parse_block(text: str, parts_wanted: int = 3) -> tuple | None:
+    """``"output.6.0"`` -> ``("output", 6, 0)``, or with ``parts_wanted`` 2 ``"single.19"`` ->
+    ``("single", 19)``; None when ``text`` is not in that form."""
     parts = text.split(".") if isinstance(text, str) else ()
-    if len(parts) != 3 or not parts[0].isidentifier() or not all(_is_count(p) for p in parts[1:]):
+    if len(parts) != parts_wanted or not parts[0].isidentifier() or not all(_is_count(p) for p in parts[1:]):
         return None
-    return (parts[0], int(parts[1]), int(parts[2]))
+    return (parts[0], *(int(p) for p in parts[1:]))
 
 
 def _is_count(text: str) -> bool:
@@ -304,9 +317,12 @@ def save_style(path: str, style: InvertedStyle, map_image: torch.Tensor | None) 
                 grid = style.bank.grid(block, stream)
                 if grid is not None:
                     tensors[f"grid.{_block_name(block)}.{stream}"] = torch.tensor(grid, dtype=torch.int64)
-    metadata = {"format": FILE_FORMAT, "steps": str(style.steps), "storage": style.storage,
+    metadata = {"format": f"{FORMAT_NAME}/1", "steps": str(style.steps), "storage": style.storage,
                 "blocks": json.dumps(sorted(_block_name(b) for b in style.blocks)),
                 "feature_dtype": "" if style.bank is None else str(style.bank.dtype).replace("torch.", "")}
+    if style.parameterisation != "ddim":
+        metadata.update({"format": f"{FORMAT_NAME}/2", "parameterisation": style.parameterisation,
+                         "refine_steps": str(style.refine_steps)})
     write_new(path, tensors, metadata)
 
 
@@ -322,6 +338,8 @@ class StyleFileLayout:
     trajectory: dict                            # tensor name -> (t, stream)
     features: dict                              # tensor name -> (t, block, stream)
     grids: dict                                 # tensor name -> (block, stream)
+    parameterisation: str = "ddim"
+    refine_steps: int = 0
 
 
 def check_style_file(path: str, name: str | None = None) -> StyleFileLayout:
@@ -343,7 +361,7 @@ def check_style_file(path: str, name: str | None = None) -> StyleFileLayout:
     metadata = header.metadata
     written = metadata.get("format")
     if not isinstance(written, str) or not written.startswith(f"{FORMAT_NAME}/"):
-        fail(f"not an SCSA style inversion: its metadata has no format {FILE_FORMAT!r} (style files are "
+        fail(f"not an SCSA style inversion: its metadata has no format '{FORMAT_NAME}/<version>' (style files are "
              "written by 'Save Style Inversion (SCSA)')")
     version = written[len(FORMAT_NAME) + 1:]
     if not _is_count(version) or int(version) < 1:
@@ -354,9 +372,22 @@ def check_style_file(path: str, name: str | None = None) -> StyleFileLayout:
     return _READERS[int(version)](path, name, header, fail)
 
 
-def _layout_v1(path: str, name: str, header: Header, fail) -> StyleFileLayout:
+def _layout_v2(path: str, name: str, header: Header, fail) -> StyleFileLayout:
+    metadata = header.metadata
+    parameterisation = metadata.get("parameterisation")
+    if parameterisation not in PARAMETERISATIONS:
+        fail(f"its metadata 'parameterisation' is {str(parameterisation)[:40]!r}, not one of "
+             f"{', '.join(PARAMETERISATIONS)}")
+    refine_steps = metadata.get("refine_steps", "0")
+    if not _is_count(refine_steps):
+        fail(f"its metadata 'refine_steps' is {refine_steps[:40]!r}, not a number of refinements")
+    return _layout_v1(path, name, header, fail, parameterisation, int(refine_steps))
+
+
+def _layout_v1(path: str, name: str, header: Header, fail, parameterisation: str = "ddim",
+               refine_steps: int = 0) -> StyleFileLayout:
     metadata, tensors = header.metadata, header.tensors
-    steps, storage, blocks, feature_dtype = _metadata_v1(metadata, fail)
+    steps, storage, blocks, feature_dtype = _metadata_v1(metadata, fail, parameterisation)
     latent = tensors.get("latent")
     if latent is None:
         fail("it has no 'latent' tensor (the style's clean latent)")
@@ -373,9 +404,15 @@ def _layout_v1(path: str, name: str, header: Header, fail) -> StyleFileLayout:
     if image is not None and (image.dtype != "U8" or len(image.shape) != 3 or image.shape[2] != 3):
         fail(f"its map_image is {image.dtype} {list(image.shape)}, not a colour map (U8 [height, width, 3])")
 
-    schedule = inversion_schedule(steps)
-    evaluated = [t for t, _ in schedule]
-    visited = set(evaluated) | {t_next for _, t_next in schedule}
+    if parameterisation == "ddim":
+        schedule = inversion_schedule(steps)
+        evaluated = [t for t, _ in schedule]
+        visited = set(evaluated) | {t_next for _, t_next in schedule}
+    else:   # a flow trajectory: one latent per step index; its features are never stored
+        if storage != "recompute":
+            fail(f"its metadata says {storage!r} storage, but a {parameterisation} inversion holds latents only "
+                 "('recompute')")
+        evaluated, visited = list(range(steps)), set(range(steps + 1))
     trajectory, features, grids, unknown = {}, {}, {}, []
     for tensor in tensors:
         if tensor in ("latent", "map_latent", "map_image"):
@@ -413,10 +450,10 @@ def _layout_v1(path: str, name: str, header: Header, fail) -> StyleFileLayout:
     _check_features_v1(tensors, latent.shape, steps, evaluated, storage, blocks, feature_dtype, streams,
                        features, grids, fail)
     return StyleFileLayout(path, name, steps, storage, blocks, _FEATURE_DTYPES[feature_dtype][0] if feature_dtype
-                           else None, trajectory, features, grids)
+                           else None, trajectory, features, grids, parameterisation, refine_steps)
 
 
-def _metadata_v1(metadata: dict, fail) -> tuple:
+def _metadata_v1(metadata: dict, fail, parameterisation: str = "ddim") -> tuple:
     def field(key: str, what: str) -> str:
         if key not in metadata:
             fail(f"its metadata has no {key!r} ({what}): the file is damaged, or was not written by "
@@ -435,9 +472,11 @@ def _metadata_v1(metadata: dict, fail) -> tuple:
         names = json.loads(text)
     except (ValueError, RecursionError):
         names = None
-    blocks = [_parse_block(b) for b in names] if isinstance(names, list) and names else [None]
+    blocks = [_parse_block(b, _BLOCK_PARTS[parameterisation]) for b in names] \
+        if isinstance(names, list) and names else [None]
     if None in blocks:
-        fail(f"its metadata 'blocks' is {text[:80]!r}, not a JSON list of blocks like \"output.6.0\"")
+        fail(f"its metadata 'blocks' is {text[:80]!r}, not a JSON list of blocks like "
+             f"\"{_BLOCK_EXAMPLE[parameterisation]}\"")
     dtype_name = field("feature_dtype", "the dtype of its features")
     if dtype_name and dtype_name not in _FEATURE_DTYPES:
         fail(f"its metadata 'feature_dtype' is {dtype_name[:40]!r}, which is no feature dtype (expected "
@@ -514,7 +553,7 @@ def _listed(names: list) -> str:
     return ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
 
 
-_READERS = {1: _layout_v1}   # format version -> its layout check (each builds the same InvertedStyle)
+_READERS = {1: _layout_v1, 2: _layout_v2}   # format version -> its layout check (each builds the same InvertedStyle)
 
 
 def load_style(path: str, name: str | None = None) -> tuple[InvertedStyle, torch.Tensor | None]:
@@ -556,5 +595,5 @@ def load_style(path: str, name: str | None = None) -> tuple[InvertedStyle, torch
                      f"{tensors[tensor].shape[1]} tokens of its features")
             bank.record(t, block, tensors[tensor], streams=[stream], grid=grid)
     style = InvertedStyle(tensors["latent"], tensors.get("map_latent"), trajectory, bank, layout.steps,
-                          layout.blocks, layout.storage)
+                          layout.blocks, layout.storage, layout.parameterisation, layout.refine_steps)
     return style, tensors.get("map_image")

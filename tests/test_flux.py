@@ -14,6 +14,7 @@ import torch
 
 from scripts import tiny_models
 from scripts.comfy_inprocess import pack_module
+from test_style_reuse import style_folder  # noqa: F401  (a fixture)
 
 VARIANTS = ["flux1", "flux2"]
 LATENT_HW = (8, 6)   # Flux.1 (patch 2): a 4 x 3 token grid; Flux.2 (patch 1): 8 x 6
@@ -197,14 +198,45 @@ def test_flux_blocks_and_refusals(tiny_flux1_patcher, comfy):
         _invert(tiny_flux1_patcher, "flux1", small_style)
 
 
-def test_saving_a_flux_style_is_refused_with_the_reason(tiny_flux1_patcher, comfy):
-    """The style file format holds UNet (DDIM timestep) inversions only: a Flux inversion gets a
-    clear refusal, not a crash halfway through writing."""
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_saved_flux_style_loads_checks_its_model_and_is_not_inverted_again(request, variant, comfy,
+                                                                             style_folder):
+    """Save Style Inversion writes a Flux inversion (format 2: step-index trajectory, refine_steps);
+    Load Style Inversion gives it back, SCSAInvert reuses it after checking the model (one step
+    redone), and the sample equals the fresh run's up to float rounding. Another model's
+    velocity is refused by that check."""
+    patcher = _patcher(request, variant)
+    nodes = pack_module("nodes/diffusion_nodes.py")
     library = pack_module("nodes/style_library_nodes.py")
+    latents = _latents(variant)
+    conditioning = tiny_models.tiny_flux_conditioning(variant)
+    model = _apply(patcher, semantics=_semantics())
+    map_image = torch.rand(1, 64, 48, 3, generator=torch.Generator().manual_seed(3))
+
+    def invert(model_patcher, style, style_map):
+        return nodes.SCSAInvert.execute(model=model_patcher, conditioning=conditioning, steps=STEPS,
+                                        blocks="auto", refine_steps=1, content=latents["content"],
+                                        content_map=latents["content_map"], style=style,
+                                        style_map=style_map).result[0]
+
     with torch.inference_mode():
-        inversion = _invert(tiny_flux1_patcher, "flux1", _latents("flux1"))
-    with pytest.raises(ValueError, match=r"a style inversion of Flux .* cannot be saved yet"):
-        library.SCSASaveStyleInversion.execute(inversion=inversion, filename_prefix="flux_style", style=1)
+        inversion = invert(patcher, latents["style"], latents["style_map"])
+        fresh = _sample(model, inversion)
+        library.SCSASaveStyleInversion.execute(inversion=inversion, filename_prefix=f"flux_{variant}", style=1,
+                                               style_map_image=map_image)
+        saved = sorted(style_folder.glob(f"flux_{variant}_*.safetensors"))
+        assert len(saved) == 1
+        style, style_map, _ = library.SCSALoadStyleInversion.execute(style_file=saved[0].name).result
+        loaded = invert(patcher, style, style_map)
+        assert loaded.reused == ("style",), "the saved Flux style was inverted again"
+        assert loaded.parameterisation == "flow" and loaded.refine_steps == 1
+        for key in range(STEPS + 1):
+            assert torch.equal(loaded.latent_at(key, "style"), inversion.latent_at(key, "style"))
+        again = _sample(model, loaded)
+        other = tiny_models.build_tiny_flux_patcher(variant, seed=1)
+        with pytest.raises(ValueError, match="made with another model or another conditioning"):
+            invert(other, style, style_map)
+    assert torch.allclose(again, fresh, rtol=1e-4, atol=1e-5), (again - fresh).abs().max()
 
 
 def test_guidance_is_set_explicitly_and_kept_for_sampling(tiny_flux1_patcher, comfy):

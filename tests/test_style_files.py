@@ -200,13 +200,13 @@ CASES = [
                                                bytes(256))), r"damaged header: it names 'latent' twice", True),
     ("bytes after the last tensor", _bytes(lambda b: b + b"more"), r"the file has 4 bytes after its last tensor", True),
     ("no metadata", _changed("frozen", lambda t, m: m.clear()),
-     r"not an SCSA style inversion: its metadata has no format 'scsa-style-inversion/1'", True),
+     r"not an SCSA style inversion: its metadata has no format 'scsa-style-inversion/<version>'", True),
     ("another kind of safetensors file", _changed(
         "frozen", lambda t, m: (t.clear(), m.clear(), t.update({"model.diffusion_model.out.weight": torch.zeros(2)}))),
      r"not an SCSA style inversion", True),
-    ("a newer format", _changed("frozen", _set(format="scsa-style-inversion/2")),
-     r"an SCSA style inversion of a newer format \(scsa-style-inversion/2\) than this version of the SCSA node "
-     r"pack reads \(scsa-style-inversion/1 and older\): update the SCSA node pack to load it", True),
+    ("a newer format", _changed("frozen", _set(format="scsa-style-inversion/3")),
+     r"an SCSA style inversion of a newer format \(scsa-style-inversion/3\) than this version of the SCSA node "
+     r"pack reads \(scsa-style-inversion/2 and older\): update the SCSA node pack to load it", True),
     ("a format that never was", _changed("frozen", _set(format="scsa-style-inversion/one")),
      r"its format 'scsa-style-inversion/one' is not one any version of the SCSA pack writes", True),
     ("no steps", _changed("frozen", _set(steps=None)),
@@ -317,13 +317,15 @@ def _load_or_refuse(style_reuse, path):
 _GOOD_METADATA = {"format": "scsa-style-inversion/1", "steps": "4", "storage": "recompute",
                   "blocks": '["output.0.0", "output.1.0"]', "feature_dtype": ""}
 _METADATA_VALUES = st.one_of(st.text(max_size=12), st.sampled_from(
-    list(_GOOD_METADATA.values()) + ["scsa-style-inversion/2", "scsa-style-inversion/0", "scsa-style-inversion/",
+    list(_GOOD_METADATA.values()) + ["scsa-style-inversion/2", "flow", "ddim", "scsa-style-inversion/3",
+                                     "scsa-style-inversion/0", "scsa-style-inversion/",
                                      "0", "-4", "4.0", "١", "1001", "memory", "offload", "[]", '["output"]', "{}",
                                      '["output.0.0"', "float16", "Tensor", "float99"]))
 
 
 @settings(max_examples=60, deadline=None)
-@given(metadata=st.dictionaries(st.one_of(st.sampled_from(sorted(_GOOD_METADATA)), st.text(max_size=6)),
+@given(metadata=st.dictionaries(st.one_of(st.sampled_from(sorted(_GOOD_METADATA) + ["parameterisation", "refine_steps"]),
+                                          st.text(max_size=6)),
                                 _METADATA_VALUES, max_size=7),
        keep=st.sets(st.sampled_from(sorted(_GOOD_METADATA))))
 def test_fuzzed_metadata_loads_or_gets_a_clear_error(style_reuse, fuzz_folder, metadata, keep):
@@ -444,7 +446,7 @@ def test_a_save_takes_the_next_number_when_its_name_was_taken_meanwhile(comfy, f
     ("an interrupted copy", r"style_file - style file 'shared/damaged\.safetensors': the file is cut off: its "
                             r"tensors need 6144 bytes after the header, but only 5144 follow"),
     ("a newer format", r"style_file - style file 'shared/damaged\.safetensors': an SCSA style inversion of a newer "
-                       r"format \(scsa-style-inversion/2\) .*: update the SCSA node pack to load it"),
+                       r"format \(scsa-style-inversion/3\) .*: update the SCSA node pack to load it"),
     ("no steps", r"style_file - style file 'shared/damaged\.safetensors': its metadata has no 'steps'"),
 ])
 def test_a_damaged_style_file_is_refused_when_the_prompt_is_queued(comfy, frozen_checkpoint, frozen_images,

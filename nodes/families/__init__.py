@@ -14,7 +14,6 @@ A family object (made for one diffusion model by :func:`family_of`) answers:
                            the token layout and grid are the family's business)
   storage_modes            which of memory / offload / recompute it can serve
   experimental             True until measured on real weights (the log says so once per run)
-  style_files              whether Save Style Inversion's file format can hold its inversions
   parameterisation         the noise side (``nodes/parameterisations.py``): the model's sigmas,
                            the inversion and sampling loops, how a start latent enters ComfyUI
 

@@ -35,7 +35,6 @@ class FluxFamily:
     parameterisation = FlowEuler()
     storage_modes = ("recompute",)   # a feature bank at 1024 px would take tens of GB
     experimental = True              # no real weights were run: the log says so once per run
-    style_files = False   # the style file format holds DDIM timestep trajectories only
     BLOCK_NAMES = ("double", "single")
 
     def __init__(self, diffusion_model):

@@ -51,7 +51,6 @@ class UNetFamily:
     parameterisation = VPDDIM()
     storage_modes = ("memory", "offload", "recompute")
     experimental = False
-    style_files = True
 
     def __init__(self, diffusion_model: torch.nn.Module):
         self.diffusion_model = diffusion_model
