@@ -240,6 +240,14 @@ class InjectRun:
     def acts_on(self, key) -> bool:
         return self.injecting and key in self.blocks
 
+    def sample_rows(self, batch: int, transformer_options: dict) -> list[int] | None:
+        """The sample rows of a call whose batch carries references (recompute storage, an
+        injecting step), else None: no rows to leave out."""
+        if not (self.injecting and self.inline_streams):
+            return None
+        return [row for samples, _ in chunk_rows(batch, transformer_options, len(self.inline_streams))
+                for row in range(samples.start, samples.stop)]
+
     def set_step(self, t: int) -> None:
         self.current_t = t
         self._terms.clear()

@@ -252,7 +252,7 @@ def time_dit(pack, args) -> None:
 
     def scsa(seed, cache):
         contents = {name: x for name, x in latents(seed).items() if "content" in name}
-        inversion = pack.pipeline.invert(patcher, conditioning, dict(contents, **style), steps, "auto", "auto",
+        inversion = pack.pipeline.invert(patcher, conditioning, dict(contents, **style), steps, args.blocks, "auto",
                                          cache=cache)
         model = pack.diffusion_nodes.SCSAApply.execute(
             model=patcher, semantics=semantics, preset="default", sca_weight=0.8, ssa_weight=0.2,
@@ -263,7 +263,11 @@ def time_dit(pack, args) -> None:
     def line(what, ratio, peak, **extra):
         print(json.dumps({"family": variant, "what": what, "width": size, "height": size, "steps": steps,
                           "ratio": round(ratio, 2), "peak_mb": None if peak is None else round(peak, 1),
-                          "threads": torch.get_num_threads(), **extra}), flush=True)
+                          "threads": torch.get_num_threads(), "blocks": args.blocks,
+                          "reference_rows": "kept" if args.keep_reference_rows else "stopped", **extra}), flush=True)
+
+    if args.keep_reference_rows:   # the comparison: references ride through every block
+        pack.families.FluxFamily.stop_reference_rows = False
 
     plain()  # warm-up
     times = {"plain": [], "run": [], "further": []}
@@ -333,6 +337,10 @@ def main(argv=None) -> None:
                         help="time a further content with the same style (style inversion reused) at these sizes")
     parser.add_argument("--family", choices=["flux1", "flux2"], help="time the DiT path instead (see above)")
     parser.add_argument("--dit-size", type=int, default=128, help="--family: image size in pixels")
+    parser.add_argument("--blocks", default="auto", help="--family: SCSAInvert's blocks (e.g. \"double 0-1\")")
+    parser.add_argument("--keep-reference-rows", action="store_true",
+                        help="--family: let the references run through the blocks after the last injected one "
+                             "(the comparison for stopping them there)")
     parser.add_argument("--tokens", type=int, nargs=2, default=[4096, 512], metavar=("IMAGE", "TEXT"),
                         help="--family: the attention call's image and text tokens (default Flux.1-dev at 1024 px)")
     args = parser.parse_args(argv)

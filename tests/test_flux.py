@@ -275,3 +275,33 @@ def test_refinement_makes_sampling_retrace_the_inversion(request, variant, comfy
             back = _sample(_apply(patcher, start=0.0, end=0.0), inversion, init="none")
             errors[refine_steps] = (back - content).abs().max().item()
     assert errors[4] < errors[0] / 4, errors
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_reference_rows_stop_after_the_last_injected_block(request, variant, comfy, monkeypatch):
+    """Injecting in the double blocks only: the single blocks after them run the sample row
+    alone (an attention override installed before SCSA sees batch 1 there, and the sample
+    with its four references in the double blocks), and the sample equals that of a run that
+    keeps the references to the last block, up to float rounding."""
+    patcher = _patcher(request, variant)
+    seen = {}
+
+    def earlier_override(func, *args, **kwargs):
+        options = kwargs.get("transformer_options") or {}
+        seen.setdefault(options.get("block_type"), set()).add(args[0].shape[0])
+        return func(*args, **kwargs)
+
+    patcher.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = earlier_override
+    flux = pack_module("nodes/families/flux.py")
+    with torch.inference_mode():
+        inversion = _invert(patcher, variant, _latents(variant), blocks="double 0-1")
+        model = _apply(patcher, semantics=_semantics())
+        seen.clear()
+        trimmed = _sample(model, inversion)
+        trimmed_seen = dict(seen)
+        monkeypatch.setattr(flux.FluxFamily, "stop_reference_rows", False)
+        seen.clear()
+        full = _sample(model, inversion)
+    assert trimmed_seen == {"double": {5}, "single": {1}}, trimmed_seen
+    assert seen == {"double": {5}, "single": {5}}, seen
+    assert torch.allclose(trimmed, full, rtol=1e-5, atol=1e-5), (trimmed - full).abs().max()

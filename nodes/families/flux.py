@@ -16,9 +16,11 @@ their q/k/v from the same call (``nodes/injection.py``, ``InjectRun.joint_attent
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import comfy.ldm.flux.model
+import torch
 
 from ..injection import RUN_KEY
 from ..parameterisations import FlowEuler
@@ -107,11 +109,66 @@ class FluxFamily:
         block_type, index = transformer_options.get("block_type"), transformer_options.get("block_index")
         return None if block_type is None or index is None else (block_type, index)
 
+    stop_reference_rows = True   # after the last injected block (tests switch it off to compare)
+
     def install(self, model_patcher, blocks) -> None:
         """The chained attention override on ``model_patcher`` (a clone only the pack's sampler
-        uses). ``blocks`` need no registration: the run object decides per call."""
+        uses), and on every block after the last of ``blocks`` a block replace that runs the
+        sample rows only: the reference rows riding in the batch are needed up to the last
+        injected block, and their outputs are never read. The run object decides per call."""
         options = model_patcher.model_options.setdefault("transformer_options", {})
         options[OVERRIDE_KEY] = JointAttentionOverride(self, options.get(OVERRIDE_KEY))
+        order = self.attention_blocks()
+        injected = [order.index(key) for key in blocks if key in order]
+        if not self.stop_reference_rows or not injected:
+            return
+        replaced = options.get("patches_replace", {}).get("dit", {})
+        for block_type, index in order[max(injected) + 1:]:
+            name = f"{block_type}_block"
+            model_patcher.set_model_patch_replace(SampleRowsOnly(replaced.get((name, index))), "dit", name, index)
+
+
+def _rows_of(value, rows: list[int], batch: int):
+    """``value`` (a block's argument: tensors, tuples of them, Flux.2's modulation dataclasses)
+    with only ``rows`` of its batch dimension ``batch``; anything without that dimension as is."""
+    if isinstance(value, torch.Tensor):
+        return value[rows] if value.dim() > 0 and value.shape[0] == batch else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_rows_of(item, rows, batch) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _rows_of(getattr(value, f.name), rows, batch)
+                                             for f in dataclasses.fields(value) if f.init})
+    return value
+
+
+class SampleRowsOnly:
+    """A Flux block replace (ComfyUI's ``patches_replace["dit"]``) for a block after the last
+    injected one: while references ride in the batch, the block (or the replace installed before
+    this one) runs on the sample rows only, and the reference rows pass through unchanged."""
+
+    def __init__(self, previous=None):
+        self.previous = previous
+
+    def __deepcopy__(self, memo):   # ModelPatcher.clone() deep-copies model_options on 0.3.75
+        return self
+
+    def run_block(self, args, extra):
+        return self.previous(args, extra) if self.previous is not None else extra["original_block"](args)
+
+    def __call__(self, args, extra):
+        run = (args.get("transformer_options") or {}).get(RUN_KEY)
+        batch = args["img"].shape[0]
+        sample_rows = getattr(run, "sample_rows", None)
+        rows = sample_rows(batch, args.get("transformer_options") or {}) if sample_rows is not None else None
+        if rows is None or len(rows) == batch:
+            return self.run_block(args, extra)
+        out = self.run_block({key: value if key == "transformer_options" else _rows_of(value, rows, batch)
+                              for key, value in args.items()}, extra)
+        merged = {}
+        for key, value in out.items():
+            merged[key] = args[key].clone()
+            merged[key][rows] = value.to(merged[key].dtype)
+        return merged
 
 
 class JointAttentionOverride:
