@@ -33,11 +33,14 @@ each content's: so its latent, and with it its DDIM inversion, is the same for e
 the server inverts it once and reuses it from the second content on (nodes/style_reuse.py). Each
 content's map is resized to the content.
 
-Checkpoint: --checkpoint NAME, else the workflow's (v1-5-pruned-emaonly.safetensors). The
-embedded server looks in --models DIR (and DIR/checkpoints) and in ComfyUI's models/checkpoints.
-If no checkpoint was asked for and the workflow's is not there, a tiny RANDOM-WEIGHT SD1.5
-checkpoint (the tests' one, cached in .cache/models) is used so the pipeline still runs: its
-output is noise, not art.
+Model files: the ones the workflow's loaders name (Load Checkpoint; for Flux, Load Diffusion
+Model, DualCLIPLoader / Load CLIP and Load VAE), or --checkpoint NAME. The embedded server looks
+in --models DIR (and its checkpoints/, diffusion_models/, text_encoders/, vae/ sub-folders) and in
+ComfyUI's models/. If one is missing and no checkpoint was asked for, the run goes on with
+RANDOM-WEIGHT stand-ins, said loudly (``make_stand_in``): the tests' tiny SD1.5 checkpoint, or for
+a Flux graph the stand-in Flux node of scripts/standin_nodes with a random VAE and the tiny CLIP-L
+(built once into .cache/models). Their output is noise, not art. --save-latents DIR also keeps
+each decoded latent as ComfyUI's .latent file, to compare such runs numerically.
 """
 from __future__ import annotations
 
