@@ -716,13 +716,16 @@ def _models_or_stand_in(session: Session, a, workflow: dict, models: Path | None
     loaders name is there, else a temp folder with random-weight stand-ins (and a loud warning)."""
     loaders = workflow_loaders(workflow)
     if a.checkpoint:
-        for _, values in loaders:
-            values.update({"ckpt_name": a.checkpoint} if "ckpt_name" in values else {})
-    missing, searched = [], []
+        for class_type, values in loaders:
+            if class_type == "CheckpointLoaderSimple":
+                values["ckpt_name"] = a.checkpoint
+    missing, searched, listed = [], [], {}
     for class_type, values in loaders:
         for name, kind, _ in MODEL_INPUTS[class_type]:
             folders = model_folders(models, comfy_dir, kind)
-            if values.get(name) and values[name] not in files_in(folders):
+            if kind not in listed:   # one scan per model folder, not per loader input
+                listed[kind] = files_in(folders)
+            if values.get(name) and values[name] not in listed[kind]:
                 missing.append(f"{values[name]!r} ({kind})")
                 searched += [str(f) for f in folders if str(f) not in searched]
     if not missing:

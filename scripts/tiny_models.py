@@ -336,21 +336,22 @@ def write_flux_standin_files(variant: str, comfy_version: str, seed: int = 0,
         prefix = "cond_stage_model.transformer."
         _atomic_write_safetensors({k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix)},
                                   text_encoder)
+    pair = [folder / stem / f"taef2_{part}.safetensors" for part in ("encoder", "decoder")]
+    single = folder / f"{stem}.safetensors"
+    if all(path.is_file() for path in pair):   # built before: the layout is settled
+        return {"vae_approx": pair, "text_encoders": [text_encoder]}
+    if single.is_file():
+        return {"vae": [single], "text_encoders": [text_encoder]}
     channels = tiny_flux_latent_channels(variant)
     vae = build_taesd(seed, latent_channels=channels)
     weights = {k: v.to(torch.float16).contiguous() for k, v in vae.state_dict().items()}
     if variant == "flux2" and weights["taesd_decoder.1.weight"].shape[1] != channels:
-        pair = [folder / stem / f"taef2_{part}.safetensors" for part in ("encoder", "decoder")]
         for path, part in zip(pair, ("encoder", "decoder")):
             prefix = f"taesd_{part}."
-            if not path.is_file():
-                _atomic_write_safetensors({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)},
-                                          path)
+            _atomic_write_safetensors({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}, path)
         return {"vae_approx": pair, "text_encoders": [text_encoder]}
-    path = folder / f"{stem}.safetensors"
-    if not path.is_file():
-        _atomic_write_safetensors(weights, path)
-    return {"vae": [path], "text_encoders": [text_encoder]}
+    _atomic_write_safetensors(weights, single)
+    return {"vae": [single], "text_encoders": [text_encoder]}
 
 
 def tiny_flux_latent_channels(variant: str = "flux1") -> int:

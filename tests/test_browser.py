@@ -168,8 +168,8 @@ def test_workflow_loads_converts_and_runs_in_the_frontend(page, comfy_server, de
     # and converted as shipped, and its converted prompt runs on the runner's stand-ins.
     flux = wf.nodes_of_type(ui, "UNETLoader") != []
     expected_api = wi.for_test_api(api_file, tiny_checkpoint.name)
-    model_files = {value for node in api_file.values() if node["class_type"] in rw.MODEL_INPUTS
-                   for value in node["inputs"].values()} if flux else set()
+    model_files = {node["inputs"][name] for node in api_file.values() if node["class_type"] in rw.MODEL_INPUTS
+                   for name, _, _ in rw.MODEL_INPUTS[node["class_type"]]} if flux else set()
     console_before = len(page.console)
 
     missing = _load(page, ui)

@@ -208,9 +208,9 @@ def test_the_flux_workflow_runs_on_stand_ins_when_its_files_are_missing(tmp_path
     assert latent.shape == (1, 16, side, side) and latent.isfinite().all() and latent.std() > 0.1
 
 
-def test_saved_latents_tell_runs_apart_that_the_images_do_not(server, tiny_checkpoint, pair, tmp_path):
-    """--save-latents: mirroring the style map changes the sampled latent (the images of random
-    weights are nearly flat 8-bit pictures, so only the latent shows it)."""
+def test_saved_latents_tell_runs_apart(server, tiny_checkpoint, pair, tmp_path):
+    """--save-latents: mirroring the style map changes the sampled latent, which is how runs on
+    random weights (nearly flat 8-bit images) are compared."""
     from safetensors.torch import load_file
     mirrored = tmp_path / "mirrored_map.png"
     Image.open(pair["style_map"]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
