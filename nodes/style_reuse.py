@@ -246,7 +246,7 @@ STYLE_CACHE = StyleCache()
 # ------------------------------------------------------------------------------ the files
 # A style file is a safetensors file (read with bounded reads and checked before any tensor is
 # read: safetensors_file.read_header) whose metadata "format" names its layout and version.
-# Version 1, the only one so far (frozen in tests/fixtures/style_v1_tiny.safetensors):
+# Version 1 (its layout is frozen in tests/test_style_files.py's own writer of it):
 #   metadata  steps, storage, blocks (JSON list of "name.number.index"), feature_dtype ("" or
 #             float16 / bfloat16 / float32)
 #   latent [1, C, h, w], map_latent [1, C, h, w] (SCSA styles), map_image uint8 [H, W, 3]

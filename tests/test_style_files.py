@@ -1,9 +1,9 @@
 """Saved style files (issue 20): a library of styles survives upgrades, and a damaged or foreign
 file gets a clear answer.
 
-The frozen file tests/fixtures/style_v1_tiny.safetensors was written by the code of the day the
-format was ``scsa-style-inversion/1`` (scripts/make_style_fixture.py); every later version must
-load it and give what a fresh inversion of the same style gives.
+A format-1 file (``scsa-style-inversion/1``) is written in the tests by a frozen writer of that
+layout (``frozen_file``), not by today's save_style; every later version must load it and give
+what a fresh inversion of the same style gives.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from scripts import make_style_fixture as frozen
+import frozen_style as frozen
 from scripts.comfy_inprocess import PromptError, pack_module
 from scripts import tiny_models
 from test_style_reuse import _fresh, _load_prompt, _save_prompt, style_folder  # noqa: F401  (style_folder: a fixture)
@@ -42,8 +42,33 @@ def frozen_images(comfy) -> dict:
     return frozen.write_images(comfy.folder_paths.get_input_directory())
 
 
-def _frozen_tensors() -> dict:
-    with safe_open(str(frozen.FIXTURE), framework="pt") as file:
+@pytest.fixture(scope="module")
+def frozen_file(comfy, frozen_checkpoint, frozen_images, tmp_path_factory):
+    """A style file in format 1, as Save Style Inversion wrote it when format 1 was the only one:
+    a 4-step 'recompute' inversion of the example style at 32 px (tests/frozen_style.py's
+    graph), written by the frozen writer below, not by today's save_style. Built here rather than
+    committed: the repository tracks no tensor files."""
+    inversion, _ = _fresh(comfy, frozen.style_prompt(frozen_checkpoint, frozen_images))
+    colours = Image.open(f"{comfy.folder_paths.get_input_directory()}/{frozen_images['style_map']}").convert("RGB")
+    path = tmp_path_factory.mktemp("frozen") / "style_v1.safetensors"
+    _write_format_1(path, inversion.style_part(1), torch.from_numpy(np.asarray(colours).copy()))
+    return path
+
+
+def _write_format_1(path, style, map_image: torch.Tensor) -> None:
+    """Format ``scsa-style-inversion/1`` as issue 20 defined it, written plainly (latents only)."""
+    tensors = {"latent": style.latent, "map_latent": style.map_latent, "map_image": map_image}
+    for t, row in style.trajectory.items():
+        for stream, x in row.items():
+            tensors[f"trajectory.{t}.{stream}"] = x
+    metadata = {"format": "scsa-style-inversion/1", "steps": str(style.steps), "storage": "recompute",
+                "blocks": json.dumps(sorted(".".join(str(part) for part in block) for block in style.blocks)),
+                "feature_dtype": ""}
+    save_file({name: x.contiguous().cpu() for name, x in tensors.items()}, str(path), metadata=metadata)
+
+
+def _frozen_tensors(frozen_file) -> dict:
+    with safe_open(str(frozen_file), framework="pt") as file:
         return {name: file.get_tensor(name) for name in file.keys()}
 
 
@@ -55,8 +80,8 @@ def _as_loaded_latent(comfy, name: str, samples: torch.Tensor) -> str:
 
 
 def test_the_frozen_v1_style_gives_what_a_fresh_inversion_gives(comfy, frozen_checkpoint, frozen_images,
-                                                                style_folder):
-    tensors = _frozen_tensors()
+                                                                style_folder, frozen_file):
+    tensors = _frozen_tensors(frozen_file)
     # Fresh: the file's own clean latents and colour map, inverted now.
     fresh = frozen.style_prompt(frozen_checkpoint, frozen_images)
     Image.fromarray(tensors["map_image"].numpy()).save(
@@ -71,7 +96,7 @@ def test_the_frozen_v1_style_gives_what_a_fresh_inversion_gives(comfy, frozen_ch
     assert inverted.reused == ()
 
     # Loaded: the frozen file from the style library.
-    shutil.copyfile(frozen.FIXTURE, style_folder / "frozen_v1.safetensors")
+    shutil.copyfile(frozen_file, style_folder / "frozen_v1.safetensors")
     loaded, latent = _fresh(comfy, _load_prompt(frozen.style_prompt(frozen_checkpoint, frozen_images),
                                                 "frozen_v1.safetensors"))
     assert loaded.reused == ("style",), "the frozen style was inverted again instead of loaded"
@@ -126,8 +151,8 @@ def _raw_text(header: str, data: bytes) -> bytes:
 
 def _changed(base: str, change) -> Callable:
     """A case made from a valid file: ``change(tensors, metadata)`` edits them in place."""
-    def make(path, features_file):
-        tensors, metadata = _contents(frozen.FIXTURE if base == "frozen" else features_file)
+    def make(path, bases):
+        tensors, metadata = _contents(bases[base])
         change(tensors, metadata)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
     return make
@@ -135,14 +160,14 @@ def _changed(base: str, change) -> Callable:
 
 def _bytes(content) -> Callable:
     """A case written as bytes: ``content`` or ``content(frozen file's bytes)``."""
-    def make(path, features_file):
-        path.write_bytes(content(frozen.FIXTURE.read_bytes()) if callable(content) else content)
+    def make(path, bases):
+        path.write_bytes(content(bases["frozen"].read_bytes()) if callable(content) else content)
     return make
 
 
 def _pickled(**options) -> Callable:
-    def make(path, features_file):
-        torch.save(_contents(frozen.FIXTURE)[0], str(path), **options)
+    def make(path, bases):
+        torch.save(_contents(bases["frozen"])[0], str(path), **options)
     return make
 
 
@@ -275,11 +300,11 @@ CASES = [
 
 
 @pytest.mark.parametrize("case, make, message, from_header", CASES, ids=[case[0] for case in CASES])
-def test_a_damaged_or_foreign_style_file_gets_a_clear_error(style_reuse, features_file, tmp_path, case, make,
+def test_a_damaged_or_foreign_style_file_gets_a_clear_error(style_reuse, features_file, frozen_file, tmp_path, case, make,
                                                             message, from_header):
     path = tmp_path / "library" / "shared.safetensors"
     path.parent.mkdir()
-    make(path, features_file)
+    make(path, {"frozen": frozen_file, "features": features_file})
     expected = r"^style file 'library/shared\.safetensors': " + message
     with pytest.raises(style_reuse.StyleFileError, match=expected):
         style_reuse.load_style(str(path), "library/shared.safetensors")
@@ -290,12 +315,12 @@ def test_a_damaged_or_foreign_style_file_gets_a_clear_error(style_reuse, feature
         style_reuse.check_style_file(str(path), "library/shared.safetensors")
 
 
-def test_the_valid_files_of_the_table_load(style_reuse, features_file):
+def test_the_valid_files_of_the_table_load(style_reuse, features_file, frozen_file):
     """The bases the cases are made from are good files: each case's error is its change's."""
     style, map_image = style_reuse.load_style(str(features_file))
     assert style.storage == "memory" and style.bank.grid(("output", 1, 0), "style_map") == (4, 4)
     assert map_image.shape == (64, 64, 3)
-    style, map_image = style_reuse.load_style(str(frozen.FIXTURE))
+    style, map_image = style_reuse.load_style(str(frozen_file))
     assert style.steps == frozen.STEPS and style.bank is None and sorted(style.trajectory) == [1, 251, 501, 751, 999]
 
 
@@ -328,9 +353,9 @@ _METADATA_VALUES = st.one_of(st.text(max_size=12), st.sampled_from(
                                           st.text(max_size=6)),
                                 _METADATA_VALUES, max_size=7),
        keep=st.sets(st.sampled_from(sorted(_GOOD_METADATA))))
-def test_fuzzed_metadata_loads_or_gets_a_clear_error(style_reuse, fuzz_folder, metadata, keep):
+def test_fuzzed_metadata_loads_or_gets_a_clear_error(style_reuse, fuzz_folder, frozen_file, metadata, keep):
     metadata = dict(metadata, **{key: _GOOD_METADATA[key] for key in keep})
-    tensors, _ = _contents(frozen.FIXTURE)
+    tensors, _ = _contents(frozen_file)
     path = fuzz_folder / "metadata.safetensors"
     save_file(tensors, str(path), metadata=metadata)
     loaded = _load_or_refuse(style_reuse, path)
@@ -347,8 +372,9 @@ _NAMES = st.one_of(st.text(alphabet="trajectoryfeaturesgridstylemapoutpin._01234
 @settings(max_examples=60, deadline=None)
 @given(base=st.sampled_from(["frozen", "features"]), renames=st.lists(st.tuples(st.integers(0, 64), _NAMES),
                                                                      min_size=1, max_size=3))
-def test_fuzzed_tensor_names_load_or_get_a_clear_error(style_reuse, features_file, fuzz_folder, base, renames):
-    tensors, metadata = _contents(frozen.FIXTURE if base == "frozen" else features_file)
+def test_fuzzed_tensor_names_load_or_get_a_clear_error(style_reuse, features_file, frozen_file, fuzz_folder, base,
+                                                       renames):
+    tensors, metadata = _contents(frozen_file if base == "frozen" else features_file)
     for index, name in renames:
         old = sorted(tensors)[index % len(tensors)]
         tensors[name] = tensors.pop(old)
@@ -375,9 +401,9 @@ def test_fuzzed_headers_load_or_get_a_clear_error(style_reuse, fuzz_folder, entr
 
 
 # ----------------------------------------------------------------------------------- saving
-def test_saving_never_overwrites_a_file(style_reuse, tmp_path):
+def test_saving_never_overwrites_a_file(style_reuse, frozen_file, tmp_path):
     path = tmp_path / "kept.safetensors"
-    shutil.copyfile(frozen.FIXTURE, path)
+    shutil.copyfile(frozen_file, path)
     style, map_image = style_reuse.load_style(str(path))
     before = path.read_bytes()
     with pytest.raises(FileExistsError, match="kept.safetensors exists already; it is never overwritten"):
@@ -426,8 +452,8 @@ def test_a_save_stopped_midway_leaves_no_file(comfy, frozen_checkpoint, frozen_i
 
 
 def test_a_save_takes_the_next_number_when_its_name_was_taken_meanwhile(comfy, frozen_checkpoint, frozen_images,
-                                                                        style_folder, monkeypatch):
-    shutil.copyfile(frozen.FIXTURE, style_folder / "race_00001.safetensors")
+                                                                        style_folder, frozen_file, monkeypatch):
+    shutil.copyfile(frozen_file, style_folder / "race_00001.safetensors")
     before = (style_folder / "race_00001.safetensors").read_bytes()
     real = comfy.folder_paths.get_save_image_path
 
@@ -450,11 +476,12 @@ def test_a_save_takes_the_next_number_when_its_name_was_taken_meanwhile(comfy, f
     ("no steps", r"style_file - style file 'shared/damaged\.safetensors': its metadata has no 'steps'"),
 ])
 def test_a_damaged_style_file_is_refused_when_the_prompt_is_queued(comfy, frozen_checkpoint, frozen_images,
-                                                                   style_folder, features_file, case, message):
+                                                                   style_folder, features_file, frozen_file, case,
+                                                                   message):
     (style_folder / "shared").mkdir(exist_ok=True)
     path = style_folder / "shared" / "damaged.safetensors"
     path.unlink(missing_ok=True)
-    next(make for name, make, *_ in CASES if name == case)(path, features_file)
+    next(make for name, make, *_ in CASES if name == case)(path, {"frozen": frozen_file, "features": features_file})
     with pytest.raises(PromptError, match=r"prompt failed validation: .*" + message) as refused:
         comfy.run_prompt(_load_prompt(frozen.style_prompt(frozen_checkpoint, frozen_images),
                                       "shared/damaged.safetensors"), outputs=["sample"])
@@ -462,9 +489,9 @@ def test_a_damaged_style_file_is_refused_when_the_prompt_is_queued(comfy, frozen
 
 
 def test_a_style_file_deleted_between_queue_and_run_gets_a_clear_error(comfy, frozen_checkpoint, frozen_images,
-                                                                       style_folder, monkeypatch):
+                                                                       style_folder, frozen_file, monkeypatch):
     path = style_folder / "gone.safetensors"
-    shutil.copyfile(frozen.FIXTURE, path)
+    shutil.copyfile(frozen_file, path)
     real = comfy.validate
 
     def validate_then_delete(*args, **kwargs):
