@@ -48,6 +48,12 @@ from ..scsa_core.labels import SemanticLabels
 from ..scsa_core.schedules import InjectionTiming
 
 RUN_KEY = "scsa_run"
+
+
+class InjectionLost(RuntimeError):
+    """Sampling reached a step that should inject, and no injected block's attention reached SCSA."""
+
+
 SETTINGS_KEY = "scsa_settings"
 _STASH_KEY = "scsa_attn1_output"
 
@@ -140,6 +146,9 @@ class RecordRun:
     def set_step(self, t: int) -> None:
         self.current_t = t
 
+    def after_call(self) -> None:
+        """A model call ended (nothing to check: inversion records where it can)."""
+
     def acts_on(self, key) -> bool:
         return key in self.blocks
 
@@ -218,6 +227,7 @@ class InjectRun:
     current_t: int = -1
     strength: float = 1.0
     _terms: dict = field(default_factory=dict)
+    _injected_calls: int = 0   # attention calls injected since the last model call ended
     style_streams: list = field(init=False)   # the style images' streams in style order (bank or batch)
 
     def __post_init__(self):
@@ -252,6 +262,19 @@ class InjectRun:
         self.current_t = t
         self._terms.clear()
 
+    def after_call(self) -> None:
+        """A model call of an injecting step ended: it must have reached SCSA in its blocks. If
+        none did, another node took the hook after SCSAApply (a DiT's attention override has one
+        slot), or the model does not say which block runs: stop, instead of returning a plain
+        image as a styled one."""
+        calls, self._injected_calls = self._injected_calls, 0
+        if self.injecting and calls == 0:
+            raise InjectionLost(
+                "SCSA injected nothing in this sampling step: no attention call of the injected blocks reached it. "
+                "Another node replaced SCSA's attention hook after SCSAApply (connect such nodes, e.g. attention "
+                "backends or caches, before SCSAApply), or this ComfyUI's model does not publish which block runs "
+                "(update ComfyUI: Z-Image needs a version newer than 0.3.75).")
+
     def style_grids(self, key, content_grid: tuple[int, int], style_tokens: int) -> tuple:
         """Each style's token grid at ``key``: as recorded, else the content grid (a style that
         rides in the sampling batch has the content's size)."""
@@ -274,6 +297,7 @@ class InjectRun:
         return out
 
     def middle(self, patch, block_input, attn_output, key, extra_options):
+        self._injected_calls += 1
         chunks = chunk_rows(block_input.shape[0], extra_options, len(self.inline_streams))
         if key not in self._terms:
             first_references = block_input[chunks[0][1]]
@@ -303,34 +327,37 @@ class InjectRun:
         style = torch.zeros(styles * grid[0] * grid[1], dtype=torch.long, device=device)
         return content, style, pair_labels(content, style)
 
-    def joint_attention(self, family, pass_through, args, kwargs, key):
-        """One joint-attention call of an injected DiT block (``family.install``'s override).
+    def joint_attention(self, family, pass_through, q, k, v, mask, transformer_options: dict, key):
+        """One attention call of an injected DiT block (the override ``family.install`` puts in).
 
-        ``args`` are the attention function's ``q, k, v, heads`` (``[B, H, L, D]``, text tokens
-        first, RoPE applied). Every row runs the model's own attention first (``pass_through``,
-        which chains to other packs' overrides); then the image-query rows of each sample are
-        replaced by SCSA over the reference rows riding in the same call. Text queries, and the
-        reference rows, keep what the model computed.
+        ``q, k, v`` ``[B, H, L, D]`` (RoPE applied where the model has it), ``mask`` the call's
+        attention mask (None, or one over keys). Every row runs the model's own attention first
+        (``pass_through()``, which chains to other packs' overrides: ``[B, L, H * D]``); then the
+        image-query rows of each sample are replaced by SCSA over the reference rows riding in
+        the same call. Where the image tokens sit is the family's (``family.image_tokens``); every
+        other token of the sample (text, padding, edit references) stays a key of the image
+        queries. Text queries, and the reference rows, keep what the model computed.
         """
-        q, k, v = args[:3]
-        output = pass_through(*args, **kwargs)   # [B, L, H * D]
+        self._injected_calls += 1
+        output = pass_through()
         batch, heads, length, dim = q.shape
         grid = family.token_grid(self.latent_size)
+        image = family.image_tokens(length, grid, transformer_options)
         tokens = grid[0] * grid[1]
-        text = length - tokens
-        if text < 0 or output.shape[1] != length:
+        if image.start < 0 or output.shape[1] != length:
             raise ValueError(f"block {key}: {length} tokens cannot hold the {grid[0]} x {grid[1]} image grid of this "
                              "latent; the model's token layout is not what SCSA expects (other tokens appended?)")
-        image = slice(text, length)
-        chunks = chunk_rows(batch, kwargs.get("transformer_options") or {}, len(self.inline_streams))
+        context = torch.cat([torch.arange(0, image.start), torch.arange(image.stop, length)]).to(q.device)
+        keep = _context_keys_kept(mask, batch, length, context)
+        chunks = chunk_rows(batch, transformer_options, len(self.inline_streams))
         reference_start = chunks[0][1].start
         row_of = {name: reference_start + row for row, name in enumerate(self.inline_streams)}
-        axes_dim, theta = family.rope()
+        rope = family.rope()
         offset = family.style_key_offset(self.latent_size)
 
         def positioned(stream):   # [H, M, D] keys of a style-side stream, moved as rope_mode says
             keys = k[row_of[stream]:row_of[stream] + 1, :, image]
-            return shift_keys(keys, offset, axes_dim, theta, self.settings.rope_mode)[0]
+            return keys[0] if rope is None else shift_keys(keys, offset, *rope, self.settings.rope_mode)[0]
 
         styles = self.style_streams
         maps = [MAP_OF[name] for name in styles]
@@ -343,14 +370,39 @@ class InjectRun:
             content_map_query=None if lite else q[row_of["content_map"], :, image],
             style_map_key=None if lite else torch.cat([positioned(name) for name in maps], dim=1))
         content_labels, style_labels, pairing = self._joint_labels(grid, len(styles), q.device)
-        for samples, _ in chunks:
-            rows = samples.stop - samples.start
-            plain_image = output[samples, image].reshape(rows, tokens, heads, dim).transpose(1, 2)
-            injected = scsa_joint_attention(q[samples, :, image], k[samples, :, :text], v[samples, :, :text], refs,
+        # Rows whose masks differ keep different context keys: one SCSA call per row then.
+        groups = [[samples] for samples, _ in chunks] if keep is None else \
+            [[slice(row, row + 1) for row in range(samples.start, samples.stop)] for samples, _ in chunks]
+        for rows in (rows for group in groups for rows in group):
+            count = rows.stop - rows.start
+            kept = context if keep is None else context[keep[rows.start]]
+            plain_image = output[rows, image].reshape(count, tokens, heads, dim).transpose(1, 2)
+            injected = scsa_joint_attention(q[rows, :, image], k[rows][:, :, kept], v[rows][:, :, kept], refs,
                                             content_labels, style_labels, pairing, self.settings.params, lite=lite,
                                             strength=self.strength, plain_output=plain_image)
-            output[samples, image] = injected.transpose(1, 2).reshape(rows, tokens, heads * dim).to(output.dtype)
+            output[rows, image] = injected.transpose(1, 2).reshape(count, tokens, heads * dim).to(output.dtype)
         return output
+
+
+def _context_keys_kept(mask, batch: int, length: int, context: torch.Tensor) -> torch.Tensor | None:
+    """Which context keys (``context``: token indices) each row may attend to, ``bool [batch,
+    len(context)]``, from an attention call's mask; None: no mask, all of them. A mask must be one
+    over keys (the same for every query: padding of the text), boolean or 0 / -large additive."""
+    if mask is None:
+        return None
+    if mask.dim() >= 2 and mask.shape[-2] != 1:
+        raise ValueError("SCSA cannot inject into an attention call whose mask differs per query; set SCSAApply's "
+                         "end to 0 for this model, or remove the node that adds the mask")
+    if mask.dtype == torch.bool:
+        keep = mask
+    else:
+        keep = mask == 0
+        if not bool(((mask == 0) | (mask < -1e4)).all()):
+            raise ValueError("SCSA cannot inject into an attention call with an additive attention bias (only "
+                             "padding masks); remove the node that adds the bias, or set SCSAApply's end to 0")
+    if keep.shape[-1] != length:
+        raise ValueError(f"SCSA: an attention mask over {keep.shape[-1]} keys in a call of {length} tokens")
+    return keep.reshape(-1, length).expand(batch, length)[:, context]
 
 
 class AttentionPatch:

@@ -31,7 +31,7 @@ import comfy.utils
 
 from ..scsa_core.adain import adain, semantic_adain
 from ..scsa_core.features import MAP_OF, STREAMS, STYLE_IMAGES, FeatureBank
-from .families import family_of
+from .families import family_names, family_of
 from .injection import ApplySettings, InjectRun, RecordRun, apply_settings, check_style_count, grid_labels
 from .sampling import preview_reporter, run_sampler
 from .style_reuse import MODEL_CHECK_TOLERANCE, STYLE_CACHE, InvertedStyle, StyleCache
@@ -158,16 +158,13 @@ def _style_part(inversion: SCSAInversion, name: str) -> InvertedStyle:
                          inversion.refine_steps)
 
 
-_KIND_MODELS = {"ddim": "a UNet model (SD1.x, SD2, SDXL)", "flow": "a flow model (Flux)"}
-
-
 def _check_saved_style(name: str, style: InvertedStyle, steps: int, blocks: frozenset, channels: int,
                        kind: str) -> None:
     """A loaded style must come from an inversion like this one (else a clear error)."""
     if style.parameterisation != kind:
-        raise ValueError(f"{name}: the saved style was inverted on {_KIND_MODELS[style.parameterisation]}, but "
-                         f"this is {_KIND_MODELS[kind]}. Load it with the model it was saved with, or invert the "
-                         "style image again.")
+        raise ValueError(f"{name}: the saved style was inverted on a model of another kind "
+                         f"({family_names(style.parameterisation)}) than this one ({family_names(kind)}). Load it "
+                         "with the model it was saved with, or invert the style image again.")
     if style.steps != steps:
         raise ValueError(f"{name}: the saved style was inverted with {style.steps} steps; set SCSAInvert's steps "
                          f"to {style.steps}, or invert the style image again.")
@@ -330,8 +327,9 @@ def initial_latent(inversion: SCSAInversion, settings: ApplySettings, start_from
         init = "semantic AdaIN" if settings.semantics is not None else "AdaIN"
     if init == "none":
         return content
-    batch, channels, height, width = content.shape
-    tokens = lambda x: x.flatten(2).transpose(1, 2)  # noqa: E731  [1, C, H, W] -> [1, HW, C]
+    # Spatial dims last: [1, C, H, W], or [1, C, 1, H, W] for a video-VAE family (Qwen-Image)
+    height, width = content.shape[-2:]
+    tokens = lambda x: x.flatten(2).transpose(1, 2)  # noqa: E731  [1, C, ..., H, W] -> [1, HW, C]
     # Several styles: the statistics of all their tokens (of the same label, with semantics).
     style_tokens = torch.cat([tokens(style) for style in styles], dim=1)
     if init == "AdaIN":
@@ -344,7 +342,7 @@ def initial_latent(inversion: SCSAInversion, settings: ApplySettings, start_from
                                                    [tuple(style.shape[-2:]) for style in styles])
         mixed = semantic_adain(tokens(content), style_tokens, content_labels.flatten().to(content.device),
                                style_labels.to(content.device))
-    return mixed.transpose(1, 2).reshape(batch, channels, height, width)
+    return mixed.transpose(1, 2).reshape(content.shape)
 
 
 def style_sample(model_patcher, inversion: SCSAInversion, init: str = "auto",

@@ -53,8 +53,8 @@ def run_sampler(model_patcher, conditioning, sigmas: torch.Tensor, keys, loop: C
     ``noise``, the noise ComfyUI was given (as it hands it to its samplers' inpainting wrapper).
     ``denoise(x, index, other_run=None)`` calls the model at ``sigmas[index]`` and returns the
     denoised latent; ``run`` (a RecordRun or InjectRun, or None for no SCSA at all) rides in
-    ``transformer_options`` and is told ``keys[index]`` first; ``other_run`` replaces it for
-    that one call. With ``count_calls`` the progress bar advances once per call out of
+    ``transformer_options`` and is told ``keys[index]`` first and ``after_call()`` after (where
+    it checks the call reached it); ``other_run`` replaces it for that one call. With ``count_calls`` the progress bar advances once per call out of
     ``len(sigmas) - 1`` (or ``progress``'s total); without, the loop reports progress itself
     (``preview_reporter``). Cancel is honoured before each call.
     """
@@ -83,6 +83,8 @@ def run_sampler(model_patcher, conditioning, sigmas: torch.Tensor, keys, loop: C
                 active_run.set_step(keys[index])
             args = run_args if other_run is None else with_run(other_run)
             denoised = model(x_model, sigmas[index] * x_model.new_ones([x_model.shape[0]]), **args)
+            if active_run is not None:
+                active_run.after_call()
             if progress is not None:
                 progress.update(1)
             return denoised

@@ -517,8 +517,8 @@ def test_dit_model_is_refused_through_the_executor(comfy, tiny_checkpoint, files
     prompt = scsa_prompt(tiny_checkpoint.name, model=("dit", 0))
     prompt["dit"] = {"class_type": "SCSATestTinyDiT", "inputs": {}}
     for node in ("apply", "invert"):
-        with pytest.raises(PromptError, match=r"PixArtAlpha has no SD-style UNet self-attention blocks\. "
-                                              r"SCSA supports UNet models: SD1\.x, SD2\.x and SDXL"):
+        with pytest.raises(PromptError, match=r"SCSA cannot patch PixArtAlpha models\. It supports: "
+                                              r"UNet \(SD1\.x, SD2\.x, SDXL\), Flux"):
             run(comfy, prompt, outputs=[node])
 
 
@@ -775,21 +775,24 @@ def test_fifty_prompts_through_the_server(comfy_server, tiny_checkpoint):
 
 
 def test_cancel_through_the_server(comfy_server, tiny_checkpoint):
-    """POST /interrupt while SCSAInvert runs: the prompt ends interrupted, the server lives on,
-    and the next prompt gives the same image as before."""
+    """POST /interrupt as soon as SCSAInvert reports its first inversion step on the websocket
+    (its progress bar): the prompt ends interrupted in SCSAInvert, the server lives on, and the
+    next prompt gives the same image as before. No sleep: the Cancel waits for the node's own
+    report, so it lands inside SCSAInvert however loaded the machine is (200 inversion steps
+    leave it far from its end)."""
     _server_files(comfy_server.input_dir)
     reference = _saved_pixels(comfy_server, comfy_server.run_prompt(_server_prompt(tiny_checkpoint.name, 0)))
     long_prompt = _server_prompt(tiny_checkpoint.name, 0, steps=200)
-    prompt_id = comfy_server.queue_prompt(long_prompt)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if comfy_server.get_json("/queue")["queue_running"]:
-            break
-        time.sleep(0.1)
-    time.sleep(1.0)
-    status, _ = comfy_server.post_json("/interrupt", {})
-    assert status == 200
-    entry = comfy_server.wait_for(prompt_id, timeout=120)
+    invert = next(node for node, spec in long_prompt.items() if spec["class_type"] == "SCSAInvert")
+    cancels = []
+
+    def on_message(kind, data):
+        if kind == "progress" and str(data.get("node")) == invert and not cancels:
+            cancels.append(comfy_server.post_json("/interrupt", {})[0])
+
+    entry = comfy_server.run(long_prompt, on_message=on_message)
+    assert cancels, f"no progress message of SCSAInvert (node {invert!r}) came over the websocket"
+    assert cancels == [200]
     assert entry["status"]["status_str"] == "error"
     interrupted = [data for kind, data in entry["status"]["messages"] if kind == "execution_interrupted"]
     assert interrupted and interrupted[0]["node_type"] == "SCSAInvert", "the Cancel did not land in SCSAInvert"

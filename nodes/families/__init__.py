@@ -18,7 +18,8 @@ A family object (made for one diffusion model by :func:`family_of`) answers:
                            the inversion and sampling loops, how a start latent enters ComfyUI
 
 The pipeline, the nodes and scsa_core only ever call these. A new family is a new module here
-plus one entry in :data:`FAMILIES`.
+plus one entry in :data:`FAMILIES`. The joint-attention DiTs (Flux, Qwen-Image, Z-Image, SD3.5)
+share their hooks and defaults in ``joint.py``; each module says what its model does differently.
 """
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ from .unet import UNetFamily
 FAMILIES = (UNetFamily, FluxFamily)
 
 
+def family_names(kind: str | None = None) -> str:
+    """The supported families (those whose noise is of ``kind``, "ddim" / "flow"), for messages."""
+    return ", ".join(family.name for family in FAMILIES if kind is None or family.parameterisation.kind == kind)
+
+
 def family_of(model_patcher):
     """The family of a ComfyUI model; a clear error for models SCSA cannot patch."""
     diffusion_model = model_patcher.model.diffusion_model
@@ -35,6 +41,4 @@ def family_of(model_patcher):
         if family.matches(diffusion_model):
             return family(diffusion_model)
     name = type(model_patcher.model.model_config).__name__
-    raise ValueError(f"model: {name} has no SD-style UNet self-attention blocks. SCSA supports "
-                     "UNet models: SD1.x, SD2.x and SDXL (and their fine-tunes), and Flux.1 / Flux.2 "
-                     "(experimental).")
+    raise ValueError(f"model: SCSA cannot patch {name} models. It supports: {family_names()}.")

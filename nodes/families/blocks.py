@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 
 
-def parse_blocks(text: str, names, example: str) -> list[tuple[str, int]]:
+def parse_blocks(text: str, names, example: str, default_name: str | None = None) -> list[tuple[str, int]]:
     """``"output 6-11"`` / ``"output 6, output 7; input 4-5"`` -> ``[("output", 6), ...]``, for a
-    family whose blocks are called ``names`` (e.g. input / middle / output)."""
+    family whose blocks are called ``names`` (e.g. input / middle / output). ``default_name``:
+    the name of bare numbers (``"40-59"``) before any name is written (families with one kind
+    of block)."""
     item_pattern = re.compile(rf"^({'|'.join(map(re.escape, names))})\s*(\d+)?(?:\s*-\s*(\d+))?$")
-    blocks, name = [], None
+    blocks, name = [], default_name
     for item in re.split(r"[,;]", text):
         item = item.strip().lower()
         if not item:
