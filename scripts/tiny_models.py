@@ -4,7 +4,10 @@ runner's no-checkpoint fallback (importable without ComfyUI; it is imported lazi
 Weights are initialised explicitly with a seeded, order-independent normal init (ComfyUI's ops
 leave them uninitialised): ``build_tiny_sd15_patcher``, ``build_tiny_vae``,
 ``write_tiny_checkpoint`` (a loadable SD1.5-detected checkpoint with TAESD and CLIP-L),
-``build_tiny_flux_patcher`` / ``tiny_flux_conditioning`` (Flux.1 and Flux.2 layouts).
+``build_tiny_flux_patcher`` / ``tiny_flux_conditioning`` (Flux.1 and Flux.2 layouts), and for
+every DiT family (:data:`DIT_VARIANTS`: Flux.1, Flux.2, Qwen-Image, Z-Image, SD3.5)
+``build_tiny_dit_patcher`` / ``tiny_dit_conditioning`` / ``tiny_dit_latent`` /
+``write_dit_standin_files``.
 """
 from __future__ import annotations
 
@@ -220,8 +223,12 @@ _FLUX_TXT_IDS_DIMS = {"flux1": [], "flux2": [3]}
 FLUX_VARIANTS = tuple(_FLUX_TINY_CONFIGS)
 
 
-class FluxVariantUnavailable(LookupError):
-    """The running ComfyUI has no model class for this Flux variant."""
+class VariantUnavailable(LookupError):
+    """The running ComfyUI has no model class (or no config key) for this DiT variant."""
+
+
+class FluxVariantUnavailable(VariantUnavailable):
+    """The running ComfyUI has no model class for this Flux variant (a VariantUnavailable)."""
 
 
 def _flux_supported_model_class(variant: str):
@@ -372,3 +379,293 @@ def tiny_flux_conditioning(variant: str = "flux1", seed: int = 0, tokens: int = 
     context = torch.randn((batch, tokens, FLUX_TINY_CONTEXT_DIM), generator=g)
     pooled = torch.randn((batch, FLUX_TINY_VEC_DIM), generator=g) if variant == "flux1" else None
     return [[context, {"pooled_output": pooled, "guidance": guidance}]]
+
+
+# ----------------------------------------------------------------- Qwen-Image / Z-Image / SD3.5
+# Tiny layouts of the other DiT families, built through comfy.supported_models exactly as a loaded
+# checkpoint would be (model_base class, ModelType, latent format, sampling shift), fp32, CPU.
+# Widths follow what each class hard-wires:
+#   qwen_image  QwenImageTransformer2DModel: hidden 64 = 2 heads x 32, 3 joint blocks, RoPE axes
+#               (8, 12, 12) (sum = head dim), patch 2 over a 16-channel 5-D latent (in_channels 64).
+#   z_image     NextDiT with Z-Image's detected config (z_image_modulation, pad_tokens_multiple 32,
+#               time_scale 1000, rope_theta 256, axes (32, 48, 48), ffn 8/3): z_image_modulation
+#               fixes the timestep embedding at 256 wide and feeds min(dim, 256) into every adaLN,
+#               so dim must be >= 256: hidden 256 = 2 heads x 128 (Z-Image's own head dim),
+#               2 context-refiner + 2 noise-refiner layers, 3 main layers.
+#   sd35        MMDiT (SD3.5 Medium-like: qk_norm "rms", MMDiT-X second image-only attention in
+#               joint blocks 0-1, none in 2-3, last context block pre_only, a pos_embed table
+#               cropped to the latent): MMDiT fixes head dim 64 and heads = depth, so depth 2 gives
+#               hidden 128 = 2 heads x 64; num_blocks 4 (a real checkpoint has num_blocks = depth).
+# Text features (and SD3's pooled vector) are DIT_TINY_CONTEXT_DIM wide in the tests' layout.
+DIT_VARIANTS = ("flux1", "flux2", "qwen_image", "z_image", "sd35")
+DIT_TINY_CONTEXT_DIM = 32
+DIT_TINY_POOLED_DIM = 32
+
+_DIT_TINY_CONFIGS = {
+    "qwen_image": dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16,
+                       num_layers=3, attention_head_dim=32, num_attention_heads=2,
+                       joint_attention_dim=DIT_TINY_CONTEXT_DIM, axes_dims_rope=[8, 12, 12]),
+    "z_image": dict(image_model="lumina2", patch_size=2, in_channels=16, dim=256,
+                    cap_feat_dim=DIT_TINY_CONTEXT_DIM, n_layers=3, n_refiner_layers=2, n_heads=2,
+                    n_kv_heads=2, qk_norm=True, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512],
+                    rope_theta=256.0, ffn_dim_multiplier=8.0 / 3.0, z_image_modulation=True,
+                    time_scale=1000.0, pad_tokens_multiple=32),
+    "sd35": dict(in_channels=16, out_channels=16, patch_size=2, depth=2, num_blocks=4, input_size=None,
+                 adm_in_channels=DIT_TINY_POOLED_DIM,
+                 context_embedder_config={"target": "torch.nn.Linear",
+                                          "params": {"in_features": DIT_TINY_CONTEXT_DIM, "out_features": 128}},
+                 num_patches=64 * 64, pos_embed_max_size=64, qk_norm="rms", pos_embed_scaling_factor=None,
+                 x_block_self_attn_layers=[0, 1]),
+}
+
+# The runner's stand-ins (scripts/standin_nodes): text encoder = the tiny checkpoint's CLIP-L
+# (context 768, pooled 768), the real models' head dims where the class allows it.
+_DIT_STANDIN_LAYOUT = {
+    "qwen_image": dict(attention_head_dim=128, num_attention_heads=2, joint_attention_dim=768,
+                       axes_dims_rope=[16, 56, 56]),
+    "z_image": dict(cap_feat_dim=768),
+    "sd35": dict(depth=4, adm_in_channels=768,
+                 context_embedder_config={"target": "torch.nn.Linear",
+                                          "params": {"in_features": 768, "out_features": 256}},
+                 num_patches=128 * 128, pos_embed_max_size=128),
+}
+
+# comfy.supported_models class, the diffusion model class (module, name) and the constructor
+# arguments the tiny config relies on, per variant.
+_DIT_CLASSES = {
+    "qwen_image": ("QwenImage", "comfy.ldm.qwen_image.model", "QwenImageTransformer2DModel",
+                   ("num_layers", "attention_head_dim", "num_attention_heads", "joint_attention_dim",
+                    "axes_dims_rope")),
+    "z_image": ("ZImage", "comfy.ldm.lumina.model", "NextDiT",
+                ("pad_tokens_multiple", "z_image_modulation", "time_scale", "n_refiner_layers", "qk_norm")),
+    "sd35": ("SD3", "comfy.ldm.modules.diffusionmodules.mmdit", "MMDiT",
+             ("x_block_self_attn_layers", "qk_norm", "num_blocks", "pos_embed_max_size", "num_patches")),
+}
+_DIT_LATENT_CHANNELS = {"qwen_image": 16, "z_image": 16, "sd35": 16}
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in DIT_VARIANTS:
+        raise ValueError(f"unknown DiT variant {variant!r}; expected one of {DIT_VARIANTS}")
+
+
+def _dit_supported_model_class(variant: str):
+    """comfy.supported_models.<Class> for ``variant``; VariantUnavailable with the reason when the
+    running ComfyUI lacks it, its diffusion model class, or a constructor argument the tiny
+    config needs."""
+    import importlib
+    import inspect
+    import comfy.supported_models as sm
+    name, module_name, model_name, needed = _DIT_CLASSES[variant]
+    cls = getattr(sm, name, None)
+    if cls is None:
+        raise VariantUnavailable(f"comfy.supported_models has no {name} in this ComfyUI")
+    try:
+        model_cls = getattr(importlib.import_module(module_name), model_name)
+    except (ImportError, AttributeError) as e:
+        raise VariantUnavailable(f"{module_name}.{model_name} is missing in this ComfyUI ({e})") from e
+    params = inspect.signature(model_cls.__init__).parameters
+    missing = [key for key in needed if key not in params]
+    if missing:
+        raise VariantUnavailable(f"{module_name}.{model_name} takes no {', '.join(missing)} in this ComfyUI")
+    return cls
+
+
+def tiny_dit_unet_config(variant: str, stand_in: bool = False) -> dict:
+    """The unet_config of the tiny ``variant`` (any of :data:`DIT_VARIANTS`) for the running ComfyUI."""
+    import copy
+    _check_variant(variant)
+    if variant in FLUX_VARIANTS:
+        config = tiny_flux_unet_config(variant)
+        if stand_in:
+            config.update(_FLUX_STANDIN_LAYOUT[variant])
+        return config
+    config = copy.deepcopy(_DIT_TINY_CONFIGS[variant])
+    if stand_in:
+        config.update(copy.deepcopy(_DIT_STANDIN_LAYOUT[variant]))
+    return config
+
+
+def _init_norm_gains_(module, seed: int, prefix: str):
+    """Every affine gain of a normalisation layer (a module whose class name ends in "Norm": comfy
+    ops' RMSNorm / LayerNorm, MMDiT's own RMSNorm) gets the norm-weight init 1 + N(0, 0.1^2),
+    seeded from its name. init_weights_ recognises norm gains by "norm" in the parameter name
+    only, and would give e.g. MMDiT's ``attn.ln_q.weight`` or NextDiT's ``cap_embedder.0.weight``
+    the near-zero bias init (collapsing q, k or the caption)."""
+    import torch
+    with torch.no_grad():
+        for module_name, sub in module.named_modules():
+            if not type(sub).__name__.endswith("Norm"):
+                continue
+            for param_name in ("weight", "scale"):
+                p = getattr(sub, param_name, None)
+                if not isinstance(p, torch.nn.Parameter) or p.ndim != 1:
+                    continue
+                full = prefix + (f"{module_name}." if module_name else "") + "weight"
+                g = torch.Generator(device="cpu").manual_seed(_key_seed(seed, full))
+                z = torch.randn(tuple(p.shape), generator=g, dtype=torch.float32)
+                p.copy_((1.0 + 0.1 * z).to(p.dtype))
+    return module
+
+
+def _init_dit_extras_(variant: str, diffusion_model, seed: int, prefix: str):
+    """What init_weights_ cannot know: Z-Image's pad tokens (created with torch.empty; N(0, 1) like
+    an embedded token, so padding rows are distinguishable from image rows) and SD3's pos_embed
+    buffer (torch.empty; set to the fixed 2-D sin-cos table of the original SD3 code)."""
+    import torch
+    with torch.no_grad():
+        if variant == "z_image":
+            for name in ("x_pad_token", "cap_pad_token"):
+                p = getattr(diffusion_model, name, None)
+                if p is None:
+                    continue
+                g = torch.Generator(device="cpu").manual_seed(_key_seed(seed, prefix + name))
+                p.copy_(torch.randn(tuple(p.shape), generator=g, dtype=torch.float32).to(p.dtype))
+        if variant == "sd35" and getattr(diffusion_model, "pos_embed", None) is not None:
+            from comfy.ldm.modules.diffusionmodules import mmdit
+            size = diffusion_model.pos_embed_max_size
+            table = mmdit.get_2d_sincos_pos_embed(diffusion_model.hidden_size, size)
+            diffusion_model.pos_embed.copy_(torch.from_numpy(table).to(diffusion_model.pos_embed.dtype)[None])
+    return diffusion_model
+
+
+def build_tiny_dit_model(variant: str, seed: int = 0, stand_in: bool = False, overrides: dict | None = None):
+    """comfy.model_base.<Family> of the tiny ``variant``, random-init, fp32, CPU (flux variants:
+    :func:`build_tiny_flux_model`). ``overrides`` update the unet_config (tests only, e.g.
+    ``{"n_kv_heads": 1}`` for a grouped-query Z-Image). Raises VariantUnavailable with the reason
+    when the running ComfyUI lacks the class or a config key."""
+    import torch
+    _check_variant(variant)
+    if variant in FLUX_VARIANTS and not overrides:
+        return build_tiny_flux_model(variant, seed, stand_in)
+    config = tiny_dit_unet_config(variant, stand_in)
+    config.update(overrides or {})
+    if variant in FLUX_VARIANTS:
+        model_config = _flux_supported_model_class(variant)(config)
+    else:
+        model_config = _dit_supported_model_class(variant)(config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    prefix = "model.diffusion_model."
+    init_weights_(model.diffusion_model, seed, prefix=prefix)
+    if variant in FLUX_VARIANTS:
+        _init_flux_rmsnorm_scales_(model.diffusion_model, seed, prefix=prefix)
+    else:
+        _init_norm_gains_(model.diffusion_model, seed, prefix=prefix)
+        _init_dit_extras_(variant, model.diffusion_model, seed, prefix=prefix)
+    model.eval()
+    return model
+
+
+def build_tiny_dit_patcher(variant: str, seed: int = 0, stand_in: bool = False):
+    """ModelPatcher around the tiny random-init transformer of ``variant`` (:data:`DIT_VARIANTS`).
+
+    flux1 / flux2: :func:`build_tiny_flux_patcher`. qwen_image: model_base.QwenImage (ModelType.FLUX,
+    shift 1.15, latent format Wan21: 16 channels, 5-D), 3 joint blocks. z_image: model_base.Lumina2
+    via supported_models.ZImage (FLOW, shift 3, latent format Flux: 16 channels), 2+2 refiner and
+    3 main layers. sd35: model_base.SD3 (FLOW, shift 3, latent format SD3), 4 joint blocks, MMDiT-X
+    in 0-1. Conditioning: :func:`tiny_dit_conditioning`; latent: :func:`tiny_dit_latent`.
+    ``stand_in``: the runner's layout (CLIP-L text and pooled sizes, 768). Raises
+    VariantUnavailable when the running ComfyUI lacks the class.
+    """
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    model = build_tiny_dit_model(variant, seed, stand_in)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def tiny_dit_latent_channels(variant: str) -> int:
+    _check_variant(variant)
+    if variant in FLUX_VARIANTS:
+        return tiny_flux_latent_channels(variant)
+    return _DIT_LATENT_CHANNELS[variant]
+
+
+def tiny_dit_latent(variant: str, height: int, width: int, seed: int | None = 0, batch: int = 1):
+    """The latent ``samples`` tensor as ComfyUI's nodes hand it to the sampler for ``variant``, at
+    ``height`` x ``width`` latent pixels: seeded N(0, 1) (``seed=None``: zeros, an empty latent).
+
+    flux1 / z_image / sd35 [B, 16, H, W]; flux2 [B, 128, H, W]; qwen_image [B, 16, 1, H, W].
+    Qwen-Image: ComfyUI's graph makes the latent with EmptySD3LatentImage, which is 4-D
+    [B, 16, H, W] (the Wan VAE's encode gives 5-D [B, 16, T, H, W]); KSampler / SamplerCustom /
+    SamplerCustomAdvanced then call comfy.sample.fix_empty_latent_channels, which unsqueezes any
+    4-D latent to [B, 16, 1, H, W] because the Wan21 latent format has latent_dimensions 3. The
+    sampler therefore always sees 5-D, and model_base.QwenImage needs it: the Wan21
+    process_in/process_out broadcast per-channel statistics shaped [1, 16, 1, 1, 1] and the
+    transformer's process_img unpacks (b, c, t, h, w). This function returns that 5-D tensor
+    (T = 1), which comfy.sample.sample_custom takes as is.
+    """
+    import torch
+    channels = tiny_dit_latent_channels(variant)
+    shape = (batch, channels, 1, height, width) if variant == "qwen_image" else (batch, channels, height, width)
+    if seed is None:
+        return torch.zeros(shape)
+    g = torch.Generator(device="cpu").manual_seed(_key_seed(seed, f"dit_latent.{variant}"))
+    return torch.randn(shape, generator=g)
+
+
+def tiny_dit_conditioning(variant: str, seed: int = 0, tokens: int = 7, batch: int = 1):
+    """ComfyUI conditioning ``[[context [batch, tokens, 32], {...}]]`` for the tiny ``variant``
+    (flux1 / flux2: :func:`tiny_flux_conditioning`, guidance 3.5), with what the family's
+    model_base extra_conds read from a real text encoder's output:
+
+    qwen_image: nothing more (QwenImage.extra_conds reads cross_attn, and from 0.33.0 an
+      ``attention_mask``, but ComfyUI's Qwen text encoder drops a mask with no masked token).
+    z_image: ``attention_mask`` of ones [batch, tokens], as ComfyUI's Z-Image (Qwen3) encoder
+      returns; Lumina2.extra_conds turns it into num_tokens (the model requires the argument)
+      and passes no mask on, since nothing is masked.
+    sd35: ``pooled_output`` [batch, 32] (SD3.encode_adm reads it unconditionally: the y vector).
+    """
+    import torch
+    _check_variant(variant)
+    if variant in FLUX_VARIANTS:
+        return tiny_flux_conditioning(variant, seed=seed, tokens=tokens, batch=batch)
+    g = torch.Generator(device="cpu").manual_seed(_key_seed(seed, f"dit_conditioning.{variant}"))
+    context = torch.randn((batch, tokens, DIT_TINY_CONTEXT_DIM), generator=g)
+    if variant == "z_image":
+        return [[context, {"attention_mask": torch.ones((batch, tokens), dtype=torch.long)}]]
+    if variant == "sd35":
+        return [[context, {"pooled_output": torch.randn((batch, DIT_TINY_POOLED_DIM), generator=g)}]]
+    return [[context, {}]]
+
+
+DIT_STANDIN_VERSION = 1
+
+
+def build_taehv(seed: int = 0, latent_channels: int = 16):
+    """comfy.taesd.taehv.TAEHV(latent_channels) (the taew2_1 / lighttaew2_1 layout), random-init."""
+    import comfy.taesd.taehv
+    t = comfy.taesd.taehv.TAEHV(latent_channels=latent_channels)
+    init_weights_(t, seed, prefix="taehv.")
+    return t.eval()
+
+
+def write_dit_standin_files(variant: str, comfy_version: str, seed: int = 0,
+                            folder: Path | None = None) -> dict[str, list[Path]]:
+    """Write (once) the files ComfyUI's own loaders read for a stand-in run of ``variant``:
+    the CLIP-L text encoder (Load CLIP, type stable_diffusion) and a random tiny VAE of the
+    family's latent channels (Load VAE). Returns ``{ComfyUI model folder: [paths]}``.
+
+    flux1 / flux2: :func:`write_flux_standin_files`. z_image / sd35: the same files as flux1 (a
+    16-channel TAESD-layout VAE, 4-D latents). qwen_image: its sampler output is 5-D
+    [B, 16, 1, H, W] (see :func:`tiny_dit_latent`), which ComfyUI 0.3.75 cannot decode with a
+    TAESD (its 2-D convolutions get the 5-D tensor; 0.33.0's VAE.decode does take it), so
+    its VAE is a random 16-channel TAEHV (ComfyUI's taew2_1 layout: Load VAE detects
+    it by ``decoder.22.bias``, 3-D latents, 8x spatial; written fp32, which ComfyUI reads as
+    lighttaew2_1 with no latent scaling). The diffusion models are built in-process by
+    :func:`build_tiny_dit_patcher` (``stand_in=True``); no file of them is written.
+    """
+    import torch
+    _check_variant(variant)
+    folder = Path(folder) if folder else MODELS_CACHE
+    if variant in FLUX_VARIANTS:
+        return write_flux_standin_files(variant, comfy_version, seed=seed, folder=folder)
+    shared = write_flux_standin_files("flux1", comfy_version, seed=seed, folder=folder)
+    if variant != "qwen_image":
+        return shared
+    path = folder / f"qwen_image_tiny_taew2_1_v{DIT_STANDIN_VERSION}_s{seed}_comfyui{comfy_version}.safetensors"
+    if not path.is_file():
+        vae = build_taehv(seed, latent_channels=_DIT_LATENT_CHANNELS[variant])
+        _atomic_write_safetensors({k: v.to(torch.float32).contiguous() for k, v in vae.state_dict().items()}, path)
+    return {"vae": [path], "text_encoders": list(shared["text_encoders"])}

@@ -15,6 +15,9 @@ Fixtures (S = session scope, F = function scope):
   tiny_vae           F  comfy.sd.VAE around a random TAESD
   tiny_flux1_patcher F  ModelPatcher, random Flux.1-structured transformer (2 double + 3 single blocks)
   tiny_flux2_patcher F  ModelPatcher, random Flux.2-structured transformer (skips where ComfyUI has no Flux2)
+  tiny_qwen_image_patcher / tiny_z_image_patcher / tiny_sd35_patcher
+                     F  ModelPatcher, random Qwen-Image / Z-Image / SD3.5-structured transformer
+                        (tiny_models.build_tiny_dit_patcher; skip where ComfyUI lacks the class)
   tiny_checkpoint    S  Path of .cache/models/sd15_tiny_*.safetensors (UNet 320ch 1 level,
                         TAESD, CLIP-L), registered for CheckpointLoaderSimple in-process
   oracle_dir         S  Path of shared/oracle (skips when absent)
@@ -44,7 +47,8 @@ from scripts import comfyui_runtime as rt  # noqa: E402
 
 _COMFY_FIXTURES = {"comfyui_dir", "comfy_core", "comfy", "run_prompt", "tiny_sd15_patcher",
                    "tiny_vae", "tiny_checkpoint", "oracle_checkpoint", "models_dir",
-                   "comfy_server", "server", "tiny_flux1_patcher", "tiny_flux2_patcher"}
+                   "comfy_server", "server", "tiny_flux1_patcher", "tiny_flux2_patcher",
+                   "tiny_qwen_image_patcher", "tiny_z_image_patcher", "tiny_sd35_patcher"}
 _SLOW_FIXTURES = {"comfy_server", "server", "oracle_checkpoint"}
 
 
@@ -171,6 +175,36 @@ def tiny_flux2_patcher(comfy_core):
     """A fresh ModelPatcher (random Flux.2-structured transformer, seed 0) for each test; skips
     on a ComfyUI without comfy.supported_models.Flux2. Conditioning: ``tiny_flux_conditioning("flux2")``."""
     return _tiny_flux_patcher(comfy_core, "flux2")
+
+
+def _tiny_dit_patcher(comfy_core, variant: str):
+    # Skip, not fail, as for Flux: a ComfyUI without the family's class cannot run it at all.
+    try:
+        return tiny_models.build_tiny_dit_patcher(variant, seed=0)
+    except tiny_models.VariantUnavailable as e:
+        pytest.skip(f"ComfyUI {comfy_core.version}: {e}")
+
+
+@pytest.fixture
+def tiny_qwen_image_patcher(comfy_core):
+    """A fresh ModelPatcher (random Qwen-Image-structured transformer, seed 0) for each test; skips
+    on a ComfyUI without comfy.supported_models.QwenImage. Conditioning / latent:
+    ``tiny_models.tiny_dit_conditioning("qwen_image")`` / ``tiny_dit_latent("qwen_image", h, w)`` (5-D)."""
+    return _tiny_dit_patcher(comfy_core, "qwen_image")
+
+
+@pytest.fixture
+def tiny_z_image_patcher(comfy_core):
+    """A fresh ModelPatcher (random Z-Image-structured NextDiT, seed 0) for each test; skips on a
+    ComfyUI without comfy.supported_models.ZImage. Conditioning: ``tiny_dit_conditioning("z_image")``."""
+    return _tiny_dit_patcher(comfy_core, "z_image")
+
+
+@pytest.fixture
+def tiny_sd35_patcher(comfy_core):
+    """A fresh ModelPatcher (random SD3.5 Medium-like MMDiT, seed 0) for each test; skips on a
+    ComfyUI without comfy.supported_models.SD3. Conditioning: ``tiny_dit_conditioning("sd35")``."""
+    return _tiny_dit_patcher(comfy_core, "sd35")
 
 
 @pytest.fixture(scope="session")
