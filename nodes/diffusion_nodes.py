@@ -33,8 +33,10 @@ def _latent(latent: dict | None, name: str) -> torch.Tensor | None:
     if MISSING_MAP_KEY in latent:
         raise ValueError(f"{name}: {latent[MISSING_MAP_KEY]}")
     samples = latent["samples"]
-    if samples.dim() != 4:
-        raise ValueError(f"{name}: expected an image latent [batch, channels, height, width], got {tuple(samples.shape)}")
+    # 5-D: a video VAE's latent of one frame, [1, C, 1, H, W] (Qwen-Image's Wan 2.1 VAE)
+    if not (samples.dim() == 4 or (samples.dim() == 5 and samples.shape[2] == 1)):
+        raise ValueError(f"{name}: expected an image latent [batch, channels, height, width] (or one video frame, "
+                         f"[batch, channels, 1, height, width]), got {tuple(samples.shape)}")
     if samples.shape[0] != 1:
         raise ValueError(f"{name}: has a batch of {samples.shape[0]} images; SCSAInvert takes one image per "
                          "input. Use 'Latent From Batch' to pick one.")

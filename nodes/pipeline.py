@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 import comfy.model_management
+import comfy.sample
 import comfy.utils
 
 from ..scsa_core.adain import adain, semantic_adain
@@ -236,7 +237,9 @@ def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None],
     """
     saved_styles = saved_styles or {}
     streams = tuple(name for name in STREAMS if latents.get(name) is not None)
-    connected = {name: latents[name] for name in streams}
+    # As ComfyUI's samplers do: a 4-D latent becomes the 5-D one a video-VAE family's model takes
+    # (Qwen-Image's [B, C, 1, H, W]); any other latent is returned as it is.
+    connected = {name: comfy.sample.fix_empty_latent_channels(model_patcher, latents[name]) for name in streams}
     batches = inversion_batches(connected)
     check_conditioning(conditioning)
     family = family_of(model_patcher)

@@ -391,10 +391,11 @@ def _layout_v1(path: str, name: str, header: Header, fail, parameterisation: str
     latent = tensors.get("latent")
     if latent is None:
         fail("it has no 'latent' tensor (the style's clean latent)")
-    if latent.dtype not in FLOAT_DTYPES or len(latent.shape) != 4 or latent.shape[0] != 1 \
-            or 0 in latent.shape:
+    # 5-D: one frame of a video VAE's latent (Qwen-Image), [1, channels, 1, height, width]
+    image_latent = len(latent.shape) == 4 or (len(latent.shape) == 5 and latent.shape[2] == 1)
+    if latent.dtype not in FLOAT_DTYPES or not image_latent or latent.shape[0] != 1 or 0 in latent.shape:
         fail(f"its latent is {latent.dtype} {list(latent.shape)}, not a floating-point [1, channels, height, "
-             "width] latent")
+             "width] (or [1, channels, 1, height, width]) latent")
     streams = _STYLE_STREAMS if "map_latent" in tensors else _STYLE_STREAMS[:1]
     map_latent = tensors.get("map_latent")
     if map_latent is not None and (map_latent.shape != latent.shape or map_latent.dtype != latent.dtype):

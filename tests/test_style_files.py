@@ -273,7 +273,10 @@ CASES = [
      _changed("frozen", _tensor("map_image", torch.zeros(32, 32, 4, dtype=torch.uint8))),
      r"its map_image is U8 \[32, 32, 4\], not a colour map", True),
     ("a latent that is no latent", _changed("frozen", _tensor("latent", torch.zeros(4, 4, 4))),
-     r"its latent is F32 \[4, 4, 4\], not a floating-point \[1, channels, height, width\] latent", True),
+     r"its latent is F32 \[4, 4, 4\], not a floating-point \[1, channels, height, width\] \(or \[1, channels, 1, "
+     r"height, width\]\) latent", True),
+    ("a video latent of two frames", _changed("frozen", _tensor("latent", torch.zeros(1, 4, 2, 4, 4))),
+     r"its latent is F32 \[1, 4, 2, 4, 4\], not a floating-point", True),
     ("an integer latent", _changed("frozen", _tensor("latent", lambda x: x.long())),
      r"its latent is I64 \[1, 4, 4, 4\], not a floating-point", True),
     ("no latent", _changed("frozen", _tensor("latent", None)), r"it has no 'latent' tensor", True),

@@ -182,6 +182,9 @@ class SampleRowsOnly(ChainedBlockReplace):
                               for key, value in args.items()}, extra)
         merged = {}
         for key, value in out.items():
+            if value is None:   # SD3's last block returns no text stream
+                merged[key] = None
+                continue
             merged[key] = args[key].clone()
             merged[key][rows] = value.to(merged[key].dtype)
         return merged
@@ -190,12 +193,15 @@ class SampleRowsOnly(ChainedBlockReplace):
 def attention_call(args: tuple, kwargs: dict):
     """``q, k, v [B, H, L, D], heads, mask`` of a call to ComfyUI's attention function, whichever
     way the model called it: q/k/v as ``[B, H, L, D]`` with ``skip_reshape`` (Flux, Qwen, Z-Image)
-    or ``[B, L, H * D]`` without (SD3), ``heads`` and ``mask`` positional or by keyword."""
+    or ``[B, L, H * D]`` without (SD3; its v is ``[B, L, H, D]``), ``heads`` and ``mask``
+    positional or by keyword."""
     q, k, v = args[:3]
     heads = args[3] if len(args) > 3 else kwargs["heads"]
     mask = args[4] if len(args) > 4 else kwargs.get("mask")
     if not kwargs.get("skip_reshape", False):
-        q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
+        # as ComfyUI's attention functions read them: SD3 hands v as [B, L, H, D], q and k flat
+        dim_head = q.shape[-1] // heads
+        q, k, v = (t.reshape(t.shape[0], -1, heads, dim_head).transpose(1, 2) for t in (q, k, v))
     return q, k, v, heads, mask
 
 
