@@ -24,9 +24,12 @@ share their hooks and defaults in ``joint.py``; each module says what its model 
 from __future__ import annotations
 
 from .flux import FluxFamily
+from .qwen_image import QwenImageFamily
+from .sd3 import SD3Family
 from .unet import UNetFamily
+from .z_image import ZImageFamily
 
-FAMILIES = (UNetFamily, FluxFamily)
+FAMILIES = (UNetFamily, FluxFamily, QwenImageFamily, ZImageFamily, SD3Family)
 
 
 def family_names(kind: str | None = None) -> str:

@@ -1,0 +1,45 @@
+"""The Qwen-Image family: ComfyUI's ``comfy.ldm.qwen_image.model.QwenImageTransformer2DModel``
+(Qwen-Image, Qwen-Image-Edit). Experimental: no real Qwen-Image weights were ever run through it.
+
+Blocks are ``("double", i)``, one per transformer block (ComfyUI's ``block_type`` "double" and
+``block_index``). The attention override sees q, k, v ``[B, H, L, D]`` after QK-norm and RoPE,
+tokens ``[text | image (h * w) | edit references]``. The latent is 5-D, ``[B, C, 1, H, W]``
+(the Wan 2.1 VAE's, one frame): the grid is ``ceil(H / 2) x ceil(W / 2)``. RoPE ids are
+(frame, row, col), centred on the image.
+
+No ``dit`` block replace here: Qwen's block closure carries the text mask and Qwen-Image-Edit's
+zero-timestep batch, whose rows a replace cannot cut, so the reference rows ride to the last
+block (the ``auto`` blocks end there anyway).
+"""
+from __future__ import annotations
+
+import comfy.ldm.qwen_image.model
+
+from .joint import JointAttentionFamily
+
+
+class QwenImageFamily(JointAttentionFamily):
+    name = "Qwen-Image (experimental)"
+    BLOCKS_EXAMPLE = "double 40-59 (or 40-59)"
+    REPLACE_SLOTS = None
+
+    def __init__(self, diffusion_model):
+        super().__init__(diffusion_model)
+        self.patch_size = diffusion_model.patch_size
+
+    @classmethod
+    def matches(cls, diffusion_model) -> bool:
+        return isinstance(diffusion_model, comfy.ldm.qwen_image.model.QwenImageTransformer2DModel)
+
+    def attention_blocks(self) -> list[tuple]:
+        return [("double", i) for i in range(len(self.diffusion_model.transformer_blocks))]
+
+    def auto_blocks(self) -> frozenset:
+        """The last third of the blocks (Qwen-Image: double 40-59): the design study's starting
+        point, to be swept on real weights."""
+        blocks = len(self.diffusion_model.transformer_blocks)
+        return frozenset(("double", i) for i in range(blocks - blocks // 3, blocks))
+
+    def rope(self) -> tuple[tuple[int, ...], float]:
+        embedder = self.diffusion_model.pe_embedder
+        return tuple(embedder.axes_dim), float(embedder.theta)
