@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -198,16 +197,6 @@ def test_enlarged_map_keeps_its_palette():
     to_reference = torch.tensor([reference.palette.tolist().index(c) for c in result.palette.tolist()])
     downsized = to_reference[resample_labels(result.content, 512, 512, mode="nearest")]
     assert (downsized == reference.content).double().mean().item() >= 0.995
-
-
-def test_512_pair_is_fast():
-    content_rgb, style_rgb, _ = _load_pair("1" if "1" in _pair_ids() else _pair_ids()[0])
-    labels_from_color_maps(content_rgb, style_rgb)
-    start = time.perf_counter()
-    labels_from_color_maps(content_rgb, style_rgb)
-    elapsed = time.perf_counter() - start
-    print(f"\nlabels_from_color_maps on a 512 x 512 pair: {1000 * elapsed:.0f} ms")
-    assert elapsed < 5.0  # typically 0.1-0.3 s; the bound only catches a pathological slowdown
 
 
 def test_chunked_work_gives_identical_labels(monkeypatch):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from pathlib import Path
 
@@ -99,9 +98,7 @@ def test_tiny_sd15_unet_ddim_step(tiny_sd15_patcher):
     a = torch.randn(1, 4, 16, 16, generator=g)
     b = torch.randn(1, 4, 16, 16, generator=g)
     cond = [[torch.randn(1, 77, 768, generator=g), {}]]
-    t0 = time.perf_counter()
     out_a = _ddim_step(p, a, cond)
-    dt = time.perf_counter() - t0
     out_a2 = _ddim_step(p, a, cond)
     out_b = _ddim_step(p, b, cond)
     assert out_a.shape == a.shape
@@ -113,7 +110,6 @@ def test_tiny_sd15_unet_ddim_step(tiny_sd15_patcher):
     # not just a fixed function of the latent: the prediction changes with the conditioning too
     out_c = _ddim_step(p, a, [[cond[0][0] * 0 + 1.0, {}]])
     assert (out_a - out_c).abs().max() > 1e-5
-    assert dt < 120, f"one 16x16 DDIM step took {dt:.1f} s"
 
 
 def test_tiny_sd15_attention_layers_match_sd15_block_map(tiny_sd15_patcher):
@@ -157,9 +153,7 @@ def test_tiny_checkpoint_loads_as_sd15(comfy_core, tiny_checkpoint):
     size_mb = tiny_checkpoint.stat().st_size / 2**20
     assert size_mb < 400, size_mb
     loader = comfy_core.node_class("CheckpointLoaderSimple")
-    t0 = time.perf_counter()
     model, clip, vae = loader().load_checkpoint(tiny_checkpoint.name)
-    dt = time.perf_counter() - t0
     assert type(model.model.model_config) is comfy.supported_models.SD15
     assert isinstance(model.model, comfy.model_base.BaseModel)
     assert clip is not None and vae is not None
@@ -170,7 +164,6 @@ def test_tiny_checkpoint_loads_as_sd15(comfy_core, tiny_checkpoint):
     c1 = clip.encode_from_tokens(tokens)
     c2 = clip.encode_from_tokens(clip.tokenize("a photo"))
     assert c1.shape == (1, 77, 768) and torch.isfinite(c1).all() and torch.equal(c1, c2)
-    assert dt < 120, f"loading the tiny checkpoint took {dt:.1f} s"
 
 
 def test_executor_runs_a_prompt_and_reuses_cache(comfy_core, tiny_checkpoint):
