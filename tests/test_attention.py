@@ -55,14 +55,32 @@ def test_sca_equals_masked_softmax_and_puts_no_mass_on_other_labels(seed):
     assert not torch.allclose(out_changed[:, q_labels == 0], out[:, q_labels == 0])
 
 
+def _attention_by_hand(query, key, value, heads, temperature):
+    """Softmax attention written out in float64, head by head, from the definition: head ``h``
+    owns channels ``h * d`` to ``(h + 1) * d``; logits ``q . k * temperature / sqrt(d)``."""
+    query, key, value = query.double(), key.double(), value.double()
+    d = query.shape[-1] // heads
+    out = torch.zeros_like(query)
+    for b in range(query.shape[0]):
+        k_b, v_b = key[min(b, key.shape[0] - 1)], value[min(b, value.shape[0] - 1)]
+        for h in range(heads):
+            channels = slice(h * d, (h + 1) * d)
+            logits = query[b, :, channels] @ k_b[:, channels].T * (temperature / math.sqrt(d))
+            weights = torch.exp(logits - logits.max(dim=1, keepdim=True).values)
+            weights = weights / weights.sum(dim=1, keepdim=True)
+            out[b, :, channels] = weights @ v_b[:, channels]
+    return out
+
+
 def test_sca_with_one_label_everywhere_is_plain_attention():
-    query, key, value = _random(50, 40)
+    """One label on every query and key: SCA takes its shortcut (plain attention over all keys),
+    which must be softmax attention as written out by hand."""
+    query, key, value = _random(50, 40, batch=2)
     labels_q, labels_k = torch.zeros(50, dtype=torch.long), torch.zeros(40, dtype=torch.long)
-    out = semantic_continuous_attention(query, key, value, pair_labels(labels_q, labels_k), HEADS, 1.3)
-    scores = _dense_scores(query, key, HEADS, 1.3)
-    expected = (scores.softmax(-1) @ split_heads(value, HEADS)).transpose(1, 2).reshape(query.shape)
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(out, plain_attention(query, key, value, HEADS, 1.3))
+    pairing = pair_labels(labels_q, labels_k)
+    assert pairing.single_group_all_keys, "one label everywhere should take the plain-attention shortcut"
+    out = semantic_continuous_attention(query, key, value, pairing, HEADS, 1.3)
+    torch.testing.assert_close(out, _attention_by_hand(query, key, value, HEADS, 1.3), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -229,12 +229,76 @@ def test_block_parsing(comfy):
 
 
 # ------------------------------------------------------------------------------ storage modes
+def _watch_recording(monkeypatch) -> list:
+    """Every feature the inversions record, as ``(bank device, stored tensor, shares storage with
+    the block input)``: a bank must hold copies on its own device, never views of activations."""
+    features = pack_module("scsa_core/features.py")
+    original = features.FeatureBank.record
+    seen = []
+
+    def record(self, t, block, block_inputs, streams=None, grid=None):
+        original(self, t, block, block_inputs, streams=streams, grid=grid)
+        source = (block_inputs.device, block_inputs.untyped_storage().data_ptr())
+        for name in (self.streams if streams is None else tuple(streams)):
+            stored = self.entries(name)[(int(t), block)]
+            seen.append((self.device, stored, (stored.device, stored.untyped_storage().data_ptr()) == source))
+    monkeypatch.setattr(features.FeatureBank, "record", record)
+    return seen
+
+
+def _check_bank(inversion, storage: str, device: torch.device, recorded: list) -> None:
+    """``inversion`` recorded its features on ``device``, each one a copy of the block input."""
+    assert inversion.storage == storage and inversion.reused == (), (inversion.storage, inversion.reused)
+    assert inversion.bank.device == device, f"{storage}: features on {inversion.bank.device}, not {device}"
+    assert recorded, f"{storage}: the inversion recorded no features"
+    assert all(bank_device == device and stored.device == device for bank_device, stored, _ in recorded), \
+        f"{storage}: features stored on {sorted({str(stored.device) for _, stored, _ in recorded})}, not {device}"
+    views = sum(shared for _, _, shared in recorded)
+    assert not views, f"{storage}: {views} of {len(recorded)} recorded features share the block input's storage"
+    for name in inversion.bank.streams:
+        assert all(t.device == device for t in inversion.bank.entries(name).values()), name
+
+
+def _memory_and_offload_on(device: torch.device, result, recorded: list) -> None:
+    """The same inversion and sampling with the model on ``device`` (a GPU): 'memory' keeps the
+    features there, 'offload' copies them to the CPU and back at every sampling step; same latent."""
+    import comfy.model_management as mm
+    pipeline = pack_module("nodes/pipeline.py")
+
+    def on_device(patcher):
+        clone = patcher.clone()
+        clone.load_device = device
+        if hasattr(clone, "register_load_device"):   # what ComfyUI's own device selector does (0.33)
+            clone.register_load_device(device)
+        return clone
+
+    cpu_inversion = result["invert"][0]
+    model, applied = on_device(result["ckpt"][0]), on_device(result["apply"][0])
+    sampled = {}
+    try:
+        with torch.inference_mode():  # as ComfyUI's executor runs nodes
+            for storage, where in (("memory", device), ("offload", torch.device("cpu"))):
+                recorded.clear()
+                inversion = pipeline.invert(model, result["empty"][0], dict(cpu_inversion.clean_latents),
+                                            cpu_inversion.steps, "auto", storage, cache=None)
+                _check_bank(inversion, storage, where, recorded)
+                sampled[storage] = pipeline.style_sample(applied, inversion, "auto", "official")
+    finally:
+        mm.free_memory(1e30, device)   # the checkpoint's weights go back to the CPU for later tests
+    difference = ((sampled["offload"] - sampled["memory"]).norm() / sampled["memory"].norm()).item()
+    assert difference <= 1e-6, f"offload from {device} differs from memory by {difference:.2e}"
+
+
 @pytest.mark.parametrize("semantics", [True, False], ids=["scsa", "styleid"])
 @pytest.mark.parametrize("style_size", ["same", "smaller"])
-def test_storage_modes_give_the_same_result(comfy, tiny_checkpoint, images, semantics, style_size):
+def test_storage_modes_give_the_same_result(comfy, tiny_checkpoint, images, semantics, style_size, monkeypatch):
     """memory, offload and recompute inject the same features: recompute runs the references in
-    the sampling batch (same size) or records them one step ahead (a style of another size)."""
-    results = {}
+    the sampling batch (same size) or records them one step ahead (a style of another size).
+    offload copies the features to the CPU: on this CPU-only ComfyUI that is a copy on the same
+    device (checked: each feature in its own storage, not a view of the block input); with a GPU
+    the same inversion runs on it, memory keeping the features there and offload in RAM."""
+    recorded = _watch_recording(monkeypatch)
+    results, records = {}, {}
     for storage in ("memory", "offload", "recompute"):
         prompt = scsa_prompt(tiny_checkpoint.name, images, semantics=semantics)
         prompt["invert"]["inputs"]["storage"] = storage
@@ -242,10 +306,14 @@ def test_storage_modes_give_the_same_result(comfy, tiny_checkpoint, images, sema
             prompt["style"]["inputs"]["image"] = "test_style_small.png"
             if semantics:
                 prompt["style_map"]["inputs"]["image"] = "test_style_map_small.png"
+        recorded.clear()
         results[storage] = comfy.run_prompt(prompt)
+        records[storage] = list(recorded)
     memory, recompute = results["memory"], results["recompute"]
-    assert memory["invert"][0].storage == "memory" and memory["invert"][0].bank.nbytes > 0
-    # This machine's model device is the CPU, so offload keeps the same bytes in the same place.
+    assert memory["invert"][0].bank.nbytes > 0
+    model_device = memory["ckpt"][0].load_device
+    _check_bank(memory["invert"][0], "memory", model_device, records["memory"])
+    _check_bank(results["offload"]["invert"][0], "offload", torch.device("cpu"), records["offload"])
     assert torch.equal(_latent(results["offload"]), _latent(memory))
     inversion = recompute["invert"][0]
     assert inversion.storage == "recompute" and inversion.bank.nbytes == 0
@@ -254,6 +322,8 @@ def test_storage_modes_give_the_same_result(comfy, tiny_checkpoint, images, sema
     # Injection itself moves this latent by > 1e-3 (test_scsa_runs_...), so this also shows
     # that recompute injects.
     assert difference <= 1e-5, f"recompute differs from memory by {difference:.2e}"
+    if torch.cuda.is_available():
+        _memory_and_offload_on(torch.device("cuda", torch.cuda.current_device()), memory, recorded)
 
 
 def test_storage_choice_by_free_memory(comfy, monkeypatch):

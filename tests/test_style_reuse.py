@@ -55,23 +55,29 @@ def test_a_new_content_reuses_the_styles_inversion(comfy, tiny_checkpoint, two_s
 
 
 def test_reuse_is_never_stale(comfy, tiny_checkpoint, two_style_images):
-    """Another model (weights patched by a merge), other steps, blocks or storage: no reuse."""
+    """The styles are reused when nothing about them changed (only the content: SCSAInvert runs
+    again); another model (weights patched by a merge), other steps, blocks or storage: no reuse."""
     base = two_style_prompt(tiny_checkpoint.name, two_style_images)
     _fresh(comfy, base)
-    for change in ("steps", "blocks", "storage", "model"):
-        prompt = two_style_prompt(tiny_checkpoint.name, two_style_images)
+    other_content = _other_content(comfy, two_style_images)
+    for change in (None, "steps", "blocks", "storage", "model"):
+        prompt = two_style_prompt(tiny_checkpoint.name, other_content)
         if change == "steps":
             prompt["invert"]["inputs"]["steps"] = 5
         elif change == "blocks":
             prompt["invert"]["inputs"]["blocks"] = "output 1"
         elif change == "storage":
             prompt["invert"]["inputs"]["storage"] = "recompute"
-        else:
+        elif change == "model":
             prompt["merged"] = {"class_type": "ModelMergeSimple",
                                 "inputs": {"model1": ["ckpt", 0], "model2": ["ckpt", 0], "ratio": 0.5}}
             prompt["invert"]["inputs"]["model"] = ["merged", 0]
         inversion, _ = _run(comfy, prompt)
-        assert inversion.reused == (), f"a style was reused after a change of {change}"
+        if change is None:
+            assert set(inversion.reused) == {"style", "style_2"}, \
+                f"nothing about the styles changed, yet reused {inversion.reused}: the cache never hits"
+        else:
+            assert inversion.reused == (), f"a style was reused after a change of {change}"
 
 
 def test_the_cache_is_bounded_and_forgets_a_model_that_is_gone(comfy):
