@@ -17,15 +17,17 @@ reused (SCSAInvert's cache): ``further_over_first`` (the compute floor on a CPU:
 storage, as two of the five UNet passes of a run are the style's), ``first_over_plain`` and
 ``further_over_plain``; the first storage of ``--storage`` is used.
 
-``--family flux1|flux2``: the DiT path (experimental) on a tiny random-weight Flux built through
-ComfyUI's classes, one JSON line each with ``family``, ``what``, ``width``, ``height``,
+``--family flux1|flux2|qwen_image|z_image|sd35``: the DiT path (experimental) on a tiny
+random-weight model of that family built through ComfyUI's classes
+(``tiny_models.build_tiny_dit_patcher``), one JSON line each with ``family``, ``what``, ``width``, ``height``,
 ``steps``, ``ratio`` and ``peak_mb`` (CUDA only; null on a CPU):
   run        a whole SCSA run (four inversions, SCSAApply, SCSAStyleSampler) / a plain euler run
              of the same steps and size (SamplerCustom's arithmetic);
   further    a further content with the style's inversion reused (the cache) / plain;
   attention  one SCSA joint-attention call (scsa_core.joint_attention) / the model's own SDPA over
-             the same sample row, at Flux.1-dev's shape by default (24 heads x 128, 4096 image +
-             512 text tokens; ``--tokens`` for a smaller one), random q/k/v, two labels.
+             the same sample row, at the real model's heads, head dim and text tokens
+             (:data:`REAL_ATTENTION`) and 4096 image tokens (1024 px; ``--image-tokens`` for
+             fewer), random q/k/v, two labels.
 
 ``--memory-table``: the features each storage keeps for real SD1.5 and SDXL UNets (ComfyUI's
 own classes, built on the meta device, so no weights are allocated) at 256-1024 px, fp16 (the
@@ -220,6 +222,12 @@ def _peak_mb(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / MB if device.type == "cuda" else None
 
 
+# The real models' attention (heads, head dim, text tokens) for the one-call ratio: Flux.1-dev,
+# Flux.2-dev, Qwen-Image, Z-Image-Turbo (caption padded to 32), SD3.5 Large (77 CLIP + 256 T5).
+REAL_ATTENTION = {"flux1": (24, 128, 512), "flux2": (48, 128, 512), "qwen_image": (24, 128, 256),
+                  "z_image": (30, 128, 128), "sd35": (38, 64, 333)}
+
+
 def time_dit(pack, args) -> None:
     """``--family``: the whole run, a further content and one attention call, against plain."""
     import comfy.model_management
@@ -230,17 +238,15 @@ def time_dit(pack, args) -> None:
     from scsa_core.joint_attention import JointReferences, scsa_joint_attention
 
     variant, size, steps = args.family, args.dit_size, args.steps
-    patcher = tiny_models.build_tiny_flux_patcher(variant, seed=0)
-    conditioning = tiny_models.tiny_flux_conditioning(variant)
-    channels = tiny_models.tiny_flux_latent_channels(variant)
-    downscale = 8 if variant == "flux1" else 16
-    height = width = size // downscale
+    patcher = tiny_models.build_tiny_dit_patcher(variant, seed=0)
+    conditioning = tiny_models.tiny_dit_conditioning(variant)
+    height = width = size // (16 if variant == "flux2" else 8)
     semantics = _semantics(pack.labels, size)
     device = comfy.model_management.get_torch_device()
 
     def latents(seed):
-        g = torch.Generator().manual_seed(seed)
-        return {name: torch.randn(1, channels, height, width, generator=g) for name in STREAMS}
+        return {name: tiny_models.tiny_dit_latent(variant, height, width, seed=seed * 100 + index)
+                for index, name in enumerate(STREAMS)}
 
     style = {name: x for name, x in latents(0).items() if "style" in name}
     sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "simple", steps).cpu()
@@ -267,7 +273,7 @@ def time_dit(pack, args) -> None:
                           "reference_rows": "kept" if args.keep_reference_rows else "stopped", **extra}), flush=True)
 
     if args.keep_reference_rows:   # the comparison: references ride through every block
-        pack.families.FluxFamily.stop_reference_rows = False
+        type(pack.families.family_of(patcher)).stop_reference_rows = False
 
     plain()  # warm-up
     times = {"plain": [], "run": [], "further": []}
@@ -283,8 +289,8 @@ def time_dit(pack, args) -> None:
         line(what, statistics.median(times[what]) / plain_s, None, plain_s=round(plain_s, 3),
              scsa_s=round(statistics.median(times[what]), 3))
 
-    heads, dim = 24, 128
-    image, text = args.tokens
+    heads, dim, text = REAL_ATTENTION[variant]
+    image = args.image_tokens
     g = torch.Generator().manual_seed(0)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
 
@@ -335,14 +341,15 @@ def main(argv=None) -> None:
     parser.add_argument("--memory-table", action="store_true")
     parser.add_argument("--reuse", type=int, nargs="*", default=[], metavar="SIZE",
                         help="time a further content with the same style (style inversion reused) at these sizes")
-    parser.add_argument("--family", choices=["flux1", "flux2"], help="time the DiT path instead (see above)")
+    parser.add_argument("--family", choices=list(tiny_models.DIT_VARIANTS),
+                        help="time the DiT path instead (see above)")
     parser.add_argument("--dit-size", type=int, default=128, help="--family: image size in pixels")
     parser.add_argument("--blocks", default="auto", help="--family: SCSAInvert's blocks (e.g. \"double 0-1\")")
     parser.add_argument("--keep-reference-rows", action="store_true",
                         help="--family: let the references run through the blocks after the last injected one "
                              "(the comparison for stopping them there)")
-    parser.add_argument("--tokens", type=int, nargs=2, default=[4096, 512], metavar=("IMAGE", "TEXT"),
-                        help="--family: the attention call's image and text tokens (default Flux.1-dev at 1024 px)")
+    parser.add_argument("--image-tokens", type=int, default=4096,
+                        help="--family: the attention call's image tokens (default: 1024 px)")
     args = parser.parse_args(argv)
 
     runtime = start_comfy(comfyui_path(), Path(tempfile.mkdtemp(prefix="scsa_bench_")))

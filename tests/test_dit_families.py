@@ -68,10 +68,11 @@ def _apply(patcher, **settings):
     return nodes.SCSAApply.execute(model=patcher, **values).result[0]
 
 
-def _invert(patcher, variant, latents, blocks="auto", **inputs):
+def _invert(patcher, variant, latents, blocks="auto", conditioning=None, **inputs):
     nodes = pack_module("nodes/diffusion_nodes.py")
-    return nodes.SCSAInvert.execute(model=patcher, conditioning=tiny_models.tiny_dit_conditioning(variant),
-                                    steps=STEPS, blocks=blocks, **inputs, **latents).result[0]
+    conditioning = conditioning if conditioning is not None else tiny_models.tiny_dit_conditioning(variant)
+    return nodes.SCSAInvert.execute(model=patcher, conditioning=conditioning, steps=STEPS, blocks=blocks, **inputs,
+                                    **latents).result[0]
 
 
 def _sample(model, inversion, init="auto"):
@@ -318,7 +319,7 @@ def _grid_labels(grid):
     return 1 - top, top   # content: 0 on top; style: 0 at the bottom
 
 
-def _injected_run(request, variant, monkeypatch):
+def _injected_run(request, variant, monkeypatch, conditioning=None):
     """One injected sampling run with every block injected and rope_mode shared: the recorded
     override calls, the inversion and the settings."""
     patcher = _patcher(request, variant)
@@ -326,7 +327,7 @@ def _injected_run(request, variant, monkeypatch):
     calls = _recorded_calls(monkeypatch)
     model = _apply(patcher, semantics=_semantics(), rope_mode="shared")
     with torch.inference_mode():
-        inversion = _invert(patcher, variant, latents, blocks=_all_blocks(patcher))
+        inversion = _invert(patcher, variant, latents, blocks=_all_blocks(patcher), conditioning=conditioning)
         calls.clear()
         _sample(model, inversion)
     settings = pack_module("nodes/injection.py").apply_settings(model)
@@ -367,6 +368,33 @@ def test_an_injected_call_matches_the_dense_float64_reference(request, variant, 
     if variant == "sd35":
         assert any(call[2][0].shape[1] == _grid(variant)[0] * _grid(variant)[1] for call in injected[:per_step]), \
             "no image-only MMDiT-X call was injected"
+
+
+def test_padded_text_stays_out_of_the_image_queries_keys(request, comfy_core, comfy, monkeypatch):
+    """Qwen-Image with a text attention mask (ComfyUI 0.33 passes it when the prompt is padded):
+    the sample's image rows equal the dense reference over the unmasked text tokens only."""
+    if not _publishes_z_image_block_index(comfy_core):   # the same ComfyUI release line
+        pytest.skip("ComfyUI 0.3.75's Qwen-Image passes no text attention mask to its attention")
+    conditioning = tiny_models.tiny_dit_conditioning("qwen_image")
+    mask = torch.ones(1, 7, dtype=torch.long)
+    mask[0, -2:] = 0   # the last two text tokens are padding
+    conditioning = [[conditioning[0][0], {"attention_mask": mask}]]
+    calls, inversion, settings = _injected_run(request, "qwen_image", monkeypatch, conditioning)
+    _, func, args, kwargs, output, *_ = next(call for call in calls if call[5])
+    assert args[4] is not None, "the text mask did not reach the attention call"
+    rows = {name: 1 + index for index, name in enumerate(inversion.batches[0])}
+    q, k, v = (t.to(torch.float64) for t in args[:3])
+    image, context = _layout("qwen_image", q.shape[2], _grid("qwen_image"))
+    context = context[:5]   # the five real text tokens
+    refs = pack_module("scsa_core/joint_attention.py").JointReferences(
+        content_query=q[rows["content"]][:, image], style_query=q[rows["style"]][:, image],
+        style_key=k[rows["style"]][:, image], style_value=v[rows["style"]][:, image],
+        content_map_query=q[rows["content_map"]][:, image], style_map_key=k[rows["style_map"]][:, image])
+    content_labels, style_labels = _grid_labels(_grid("qwen_image"))
+    expected, *_ = _dense_reference((q[:1][:, :, image], k[:1][:, :, context], v[:1][:, :, context], refs,
+                                     content_labels, style_labels, None), settings.params)
+    got = output[:1, image].unflatten(-1, (q.shape[1], -1)).transpose(1, 2).to(torch.float64)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (got - expected).abs().max()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
