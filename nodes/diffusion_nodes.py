@@ -87,7 +87,7 @@ class SCSAInvert(io.ComfyNode):
                     io.Latent.Input(f"style_map_{number}", optional=True,
                                     tooltip=f"VAE-encoded semantic map of style image {number}."))],
                 io.Int.Input("refine_steps", default=0, min=0, max=10, optional=True,
-                             tooltip="Flux (flow models; experimental): fixed-point refinements per inversion "
+                             tooltip="DiTs (flow models: Flux, Qwen-Image, Z-Image, SD3.5; experimental): fixed-point refinements per inversion "
                                      "step, so that sampling retraces the inversion more exactly. Each costs "
                                      "one more model call per step. UNet models ignore it (DDIM inversion)."),
             ],
@@ -163,7 +163,7 @@ class SCSAApply(io.ComfyNode):
                                        "towards the model's own attention at end (SCA and SSA weights, or "
                                        "StyleID's share, times 1 - p or (1 + cos(pi p)) / 2)."),
                 io.Combo.Input("rope_mode", options=list(ROPE_MODES), default="shift", optional=True,
-                               tooltip="DiT models with RoPE (Flux; experimental): shift places the style's "
+                               tooltip="DiT models with RoPE (Flux, Qwen-Image, Z-Image; experimental; SD3 has none): shift places the style's "
                                        "tokens one image width beside the content's, so a content token does "
                                        "not copy the style token at its own coordinates; shared keeps them at "
                                        "the same positions. UNet models ignore it."),
