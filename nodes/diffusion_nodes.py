@@ -25,6 +25,9 @@ from .style_reuse import MISSING_MAP_KEY, saved_style_of
 from .semantic_nodes import CATEGORY, Semantics
 
 Inversion = io.Custom("SCSA_INVERSION")
+# One style's inversion (style_reuse.InvertedStyle): Load Style Inversion's output, SCSAInvert's
+# inverted_style inputs. (Its style LATENT output carries the same value, for graphs made before.)
+StyleInversion = io.Custom("SCSA_STYLE_INVERSION")
 
 
 def _latent(latent: dict | None, name: str) -> torch.Tensor | None:
@@ -43,6 +46,11 @@ def _latent(latent: dict | None, name: str) -> torch.Tensor | None:
     return samples
 
 
+def _inverted_input(number: int) -> str:
+    """SCSAInvert's input for style image ``number``'s saved inversion."""
+    return "inverted_style" if number == 1 else f"inverted_style_{number}"
+
+
 class SCSAInvert(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -59,8 +67,9 @@ class SCSAInvert(io.ComfyNode):
                 io.Model.Input("model", tooltip="The unpatched model (from Load Checkpoint / LoRA loaders)."),
                 io.Conditioning.Input("conditioning", tooltip="The empty prompt: CLIP Text Encode with no text."),
                 io.Latent.Input("content", tooltip="VAE-encoded content image."),
-                io.Latent.Input("style", tooltip="VAE-encoded style image (any size; its map must match it), "
-                                                 "or the style output of Load Style Inversion (SCSA)."),
+                io.Latent.Input("style", optional=True,
+                                tooltip="VAE-encoded style image (any size; its map must match it). Or leave it "
+                                        "unconnected and connect inverted_style from Load Style Inversion (SCSA)."),
                 io.Latent.Input("content_map", optional=True,
                                 tooltip="VAE-encoded content semantic map (the colour map image). Needed for SCSA."),
                 io.Latent.Input("style_map", optional=True,
@@ -90,16 +99,39 @@ class SCSAInvert(io.ComfyNode):
                              tooltip="DiTs (flow models: Flux, Qwen-Image, Z-Image, SD3.5; experimental): fixed-point refinements per inversion "
                                      "step, so that sampling retraces the inversion more exactly. Each costs "
                                      "one more model call per step. UNet models ignore it (DDIM inversion)."),
+                *[StyleInversion.Input(_inverted_input(number), optional=True,
+                                       tooltip=f"Style image {number}'s inversion from Load Style Inversion (SCSA), "
+                                               f"instead of its latents: it is not inverted again (checked against "
+                                               f"this model first)." if number > 1 else
+                                               "The style's inversion from Load Style Inversion (SCSA), instead of "
+                                               "the style and style_map latents: it is not inverted again (checked "
+                                               "against this model first).")
+                  for number in range(1, MAX_STYLES + 1)],
             ],
             outputs=[Inversion.Output("inversion", display_name="inversion")],
         )
 
     @classmethod
-    def execute(cls, model, conditioning, content, style, steps, blocks, content_map=None, style_map=None,
+    def execute(cls, model, conditioning, content, steps, blocks, style=None, content_map=None, style_map=None,
                 storage="auto", refine_steps=0, **more_styles):
         given = {"content": content, "style": style, "content_map": content_map, "style_map": style_map,
                  **more_styles}
         latents = {name: _latent(given.get(name), name) for name in STREAMS}
+        inverted = {}
+        for number, name in enumerate(STYLE_IMAGES, start=1):
+            style_inversion = given.get(_inverted_input(number))
+            if style_inversion is None:
+                continue
+            if latents[name] is not None:
+                raise ValueError(f"{name} / {_inverted_input(number)}: connect the style's latent or its inversion "
+                                 "from Load Style Inversion, not both.")
+            inverted[name] = style_inversion
+            latents[name] = style_inversion.latent
+            latents[MAP_OF[name]] = style_inversion.map_latent if latents[MAP_OF[name]] is None \
+                else latents[MAP_OF[name]]
+        if latents["style"] is None:
+            raise ValueError("style: connect the VAE-encoded style image, or inverted_style from Load Style "
+                             "Inversion (SCSA).")
         if (latents["content_map"] is None) != (latents["style_map"] is None):
             raise ValueError("content_map / style_map: connect both semantic map latents, or neither (StyleID).")
         for number in range(2, MAX_STYLES):
@@ -108,6 +140,7 @@ class SCSAInvert(io.ComfyNode):
                                  "style images in order (style, style_2, style_3, style_4).")
         saved = {name: attached for name in STYLE_IMAGES
                  if (attached := saved_style_of(given.get(name), latents[name], latents[MAP_OF[name]], name))}
+        saved.update(inverted)
         return io.NodeOutput(invert(model, conditioning, latents, steps, blocks, storage, saved_styles=saved,
                                     refine_steps=refine_steps))
 

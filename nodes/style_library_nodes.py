@@ -1,12 +1,13 @@
 """A library of inverted styles: Save Style Inversion and Load Style Inversion.
 
   SCSAInvert -> inversion -> SCSASaveStyleInversion(style 1, its colour map)  -> models/scsa_styles/
-  SCSALoadStyleInversion -> style, style_map (LATENT), style_map_image (IMAGE)
-                         -> SCSAInvert's style / style_map, SCSASemanticPair's style_map
+  SCSALoadStyleInversion -> inverted_style (SCSA_STYLE_INVERSION) -> SCSAInvert's inverted_style
+                         -> style_map_image (IMAGE)               -> SCSASemanticPair's style_map
 
-The loaded style LATENT carries the style's inversion (``style_reuse.SAVED_STYLE_KEY``), so it
-plugs into SCSAInvert's ordinary sockets and the graph stays the standard one; SCSAInvert checks
-the file against its model before using it. Files are safetensors, checked from their header
+The inversion travels as its own type. Graphs made before it existed link the style and
+style_map LATENT outputs to SCSAInvert's latent sockets; those still work: that LATENT carries the
+same inversion (``style_reuse.SAVED_STYLE_KEY``). SCSAInvert checks the style against its model
+before using it. Files are safetensors, checked from their header
 when the prompt is queued and read with the safe loader (style_reuse: the file format).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..scsa_core.labels import MAX_STYLES
-from .diffusion_nodes import Inversion
+from .diffusion_nodes import Inversion, StyleInversion
 from .model_folders import register_model_folder
 from .semantic_nodes import CATEGORY, _image_to_rgb, _to_image
 from .style_reuse import (FILE_GONE, MISSING_MAP_KEY, SAVED_STYLE_KEY, StyleFileError, check_style_file, load_style,
@@ -86,15 +87,18 @@ class SCSALoadStyleInversion(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCSALoadStyleInversion", display_name="Load Style Inversion (SCSA)", category=CATEGORY,
-            description="Loads a style saved by Save Style Inversion. Connect style and style_map to "
-                        "SCSAInvert (instead of the VAE-encoded style and map) and style_map_image to "
-                        "SCSASemanticPair: SCSAInvert then inverts the content only. It refuses a file made "
-                        "with another model, steps or blocks.",
+            description="Loads a style saved by Save Style Inversion. Connect inverted_style to "
+                        "SCSAInvert's inverted_style (instead of the VAE-encoded style and map) and "
+                        "style_map_image to SCSASemanticPair: SCSAInvert then inverts the content only. It "
+                        "refuses a file made with another model, steps or blocks. (The style / style_map "
+                        "latent outputs do the same, for graphs made before inverted_style existed.)",
             inputs=[io.Combo.Input("style_file", options=folder_paths.get_filename_list(FOLDER),
                                    tooltip="A file in models/scsa_styles (refresh after saving one).")],
             outputs=[io.Latent.Output("style", display_name="style"),
                      io.Latent.Output("style_map", display_name="style_map"),
-                     io.Image.Output("style_map_image", display_name="style_map_image")],
+                     io.Image.Output("style_map_image", display_name="style_map_image"),
+                     # Appended: graphs saved before keep their links (outputs are linked by position).
+                     StyleInversion.Output("inverted_style", display_name="inverted_style")],
         )
 
     @classmethod
@@ -114,7 +118,7 @@ class SCSALoadStyleInversion(io.ComfyNode):
         if map_rgb is None:
             height, width = style.latent.shape[-2:]
             map_rgb = torch.zeros(height * 8, width * 8, 3, dtype=torch.uint8)
-        return io.NodeOutput(style_latent, map_latent, _to_image(map_rgb))
+        return io.NodeOutput(style_latent, map_latent, _to_image(map_rgb), style)
 
     @classmethod
     def fingerprint_inputs(cls, style_file):

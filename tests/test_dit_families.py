@@ -234,7 +234,7 @@ def test_refinement_makes_sampling_retrace_the_inversion(request, variant, comfy
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_saved_style_loads_checks_its_model_and_is_not_inverted_again(request, variant, comfy, style_folder):
     """Save Style Inversion writes the inversion (format 2: step-index trajectory, refine_steps);
-    Load Style Inversion gives it back, SCSAInvert reuses it after checking the model (one step
+    Load Style Inversion gives it back (its inverted_style output), SCSAInvert reuses it after checking the model (one step
     redone), and the sample equals the fresh run's up to float rounding. Another model's
     velocity is refused by that check."""
     patcher = _patcher(request, variant)
@@ -243,18 +243,16 @@ def test_a_saved_style_loads_checks_its_model_and_is_not_inverted_again(request,
     model = _apply(patcher, semantics=_semantics())
     map_image = torch.rand(1, 64, 48, 3, generator=torch.Generator().manual_seed(3))
 
-    def invert(model_patcher, style, style_map):
-        return _invert(model_patcher, variant, dict(latents, style=style, style_map=style_map), refine_steps=1)
-
     with torch.inference_mode():
-        inversion = invert(patcher, latents["style"], latents["style_map"])
+        inversion = _invert(patcher, variant, latents, refine_steps=1)
         fresh = _sample(model, inversion)
         library.SCSASaveStyleInversion.execute(inversion=inversion, filename_prefix=f"dit_{variant}", style=1,
                                                style_map_image=map_image)
         saved = sorted(style_folder.glob(f"dit_{variant}_*.safetensors"))
         assert len(saved) == 1
-        style, style_map, _ = library.SCSALoadStyleInversion.execute(style_file=saved[0].name).result
-        loaded = invert(patcher, style, style_map)
+        *_, inverted_style = library.SCSALoadStyleInversion.execute(style_file=saved[0].name).result
+        loaded = _invert(patcher, variant, {"content": latents["content"], "content_map": latents["content_map"]},
+                         refine_steps=1, inverted_style=inverted_style)
         assert loaded.reused == ("style",), "the saved style was inverted again"
         assert loaded.parameterisation == "flow" and loaded.refine_steps == 1
         for key in range(STEPS + 1):
@@ -262,7 +260,8 @@ def test_a_saved_style_loads_checks_its_model_and_is_not_inverted_again(request,
         again = _sample(model, loaded)
         other = tiny_models.build_tiny_dit_patcher(variant, seed=1)
         with pytest.raises(ValueError, match="made with another model or another conditioning"):
-            invert(other, style, style_map)
+            _invert(other, variant, {"content": latents["content"], "content_map": latents["content_map"]},
+                    refine_steps=1, inverted_style=inverted_style)
     assert torch.allclose(again, fresh, rtol=1e-4, atol=1e-5), (again - fresh).abs().max()
 
 

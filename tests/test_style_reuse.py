@@ -153,20 +153,26 @@ def _save_prompt(prompt: dict, prefix: str) -> dict:
     return prompt
 
 
-def _load_prompt(prompt: dict, file_name: str) -> dict:
-    """The prompt with style 1 (image, map latent and colour map) from a saved file."""
+def _load_prompt(prompt: dict, file_name: str, typed: bool = True) -> dict:
+    """The prompt with style 1 (its inversion and colour map) from a saved file: through the typed
+    inverted_style socket, or (``typed=False``, graphs made before it) the style / style_map
+    LATENT outputs into SCSAInvert's latent sockets."""
     prompt = {key: dict(node, inputs=dict(node["inputs"])) for key, node in prompt.items()}
     prompt["load_style"] = {"class_type": "SCSALoadStyleInversion", "inputs": {"style_file": file_name}}
-    prompt["invert"]["inputs"].update(style=["load_style", 0], style_map=["load_style", 1])
+    if typed:
+        del prompt["invert"]["inputs"]["style"], prompt["invert"]["inputs"]["style_map"]
+        prompt["invert"]["inputs"]["inverted_style"] = ["load_style", 3]
+    else:
+        prompt["invert"]["inputs"].update(style=["load_style", 0], style_map=["load_style", 1])
     prompt["pair"]["inputs"]["style_map"] = ["load_style", 2]
     for node in ("style", "z_style", "z_style_map"):
         del prompt[node]
     return prompt
 
 
-@pytest.mark.parametrize("storage", ["recompute", "memory"])
+@pytest.mark.parametrize("storage, typed", [("recompute", True), ("memory", True), ("recompute", False)])
 def test_a_saved_style_round_trips_across_a_restart(comfy, tiny_checkpoint, two_style_images, style_folder,
-                                                    storage):
+                                                    storage, typed):
     prompt = two_style_prompt(tiny_checkpoint.name, two_style_images, styles=1, storage=storage)
     inversion, reference = _fresh(comfy, prompt)
     comfy.run_prompt(_save_prompt(prompt, "library/example"), outputs=["save_style"])
@@ -180,7 +186,7 @@ def test_a_saved_style_round_trips_across_a_restart(comfy, tiny_checkpoint, two_
         assert os.path.getsize(files[0]) < 2 * 1024 * 1024
 
     # "Restart": nothing cached, in ComfyUI or in the pack.
-    loaded, latent = _fresh(comfy, _load_prompt(prompt, "library/example_00001.safetensors"))
+    loaded, latent = _fresh(comfy, _load_prompt(prompt, "library/example_00001.safetensors", typed))
     assert loaded.reused == ("style",)
     assert torch.equal(loaded.latent_at(999, "style"), inversion.latent_at(999, "style"))
     # The content is inverted alone (not beside the style): equal up to float rounding.
@@ -207,6 +213,23 @@ def test_a_saved_style_is_refused_with_another_model_steps_or_blocks(comfy, tiny
             bad["invert"]["inputs"]["model"] = ["doubled", 0]
         with pytest.raises(PromptError, match=message):
             comfy.run_prompt(bad, outputs=["sample"])
+
+
+def test_a_style_given_twice_or_not_at_all_is_refused_by_name(comfy, tiny_checkpoint, two_style_images,
+                                                              style_folder):
+    prompt = two_style_prompt(tiny_checkpoint.name, two_style_images, styles=1, storage="recompute")
+    comfy.run_prompt(_save_prompt(prompt, "twice"), outputs=["save_style"])
+    loading = _load_prompt(prompt, "twice_00001.safetensors")
+    both = {key: dict(node, inputs=dict(node["inputs"])) for key, node in loading.items()}
+    both["z_style"] = prompt["z_style"]
+    both["style"] = prompt["style"]
+    both["invert"]["inputs"]["style"] = ["z_style", 0]
+    with pytest.raises(PromptError, match="style / inverted_style: connect the style's latent or its inversion"):
+        comfy.run_prompt(both, outputs=["sample"])
+    neither = {key: dict(node, inputs=dict(node["inputs"])) for key, node in loading.items()}
+    del neither["invert"]["inputs"]["inverted_style"]
+    with pytest.raises(PromptError, match="style: connect the VAE-encoded style image, or inverted_style"):
+        comfy.run_prompt(neither, outputs=["sample"])
 
 
 def test_saving_an_scsa_style_needs_its_colour_map(comfy, tiny_checkpoint, two_style_images, style_folder):
