@@ -27,14 +27,12 @@ class FluxFamily(JointAttentionFamily):
     BLOCKS_EXAMPLE = "single 19-37, double 14-18"
     REPLACE_SLOTS = {"double": "double_block", "single": "single_block"}
 
+    MODEL_CLASS = comfy.ldm.flux.model.Flux
+
     def __init__(self, diffusion_model):
         super().__init__(diffusion_model)
         self.params = diffusion_model.params
         self.patch_size = self.params.patch_size
-
-    @classmethod
-    def matches(cls, diffusion_model) -> bool:
-        return isinstance(diffusion_model, comfy.ldm.flux.model.Flux)
 
     def attention_blocks(self) -> list[tuple]:
         """The double blocks, then the single ones."""

@@ -31,9 +31,10 @@ log = logging.getLogger("scsa")
 
 
 class JointAttentionFamily:
-    """The defaults of a joint-attention DiT family. A subclass gives ``name``, ``matches``,
-    ``BLOCK_NAMES``, ``BLOCKS_EXAMPLE``, ``attention_blocks`` and ``auto_blocks``; the rest it
-    overrides where its model differs."""
+    """The defaults of a joint-attention DiT family: one stack of blocks (``BLOCKS``, the
+    diffusion model's attribute holding them), each called ``("double", i)`` as ComfyUI names
+    them, ``auto`` the last third. A subclass gives ``name``, ``MODEL_CLASS``, ``BLOCKS`` and
+    ``BLOCKS_EXAMPLE``, and overrides what its model does differently."""
 
     parameterisation = FlowEuler()
     storage_modes = ("recompute",)   # a feature bank at 1024 px would take tens of GB
@@ -46,17 +47,27 @@ class JointAttentionFamily:
     REPLACE_SLOTS: dict | None = {"double": "double_block"}
     stop_reference_rows = True       # after the last injected block (tests switch it off to compare)
 
+    MODEL_CLASS: type = type(None)   # the ComfyUI diffusion model class of the family
+    BLOCKS = ""                      # the model's attribute that holds its blocks
+
     def __init__(self, diffusion_model):
         self.diffusion_model = diffusion_model
+        self.patch_size = getattr(diffusion_model, "patch_size", self.patch_size)
+
+    @classmethod
+    def matches(cls, diffusion_model) -> bool:
+        return isinstance(diffusion_model, cls.MODEL_CLASS)
 
     # ----------------------------------------------------------------------------- blocks
     def attention_blocks(self) -> list[tuple]:
         """Every injectable block, in execution order."""
-        raise NotImplementedError
+        return [("double", i) for i in range(len(getattr(self.diffusion_model, self.BLOCKS)))]
 
     def auto_blocks(self) -> frozenset:
-        """The ``auto`` blocks: a documented starting point, not a measured optimum."""
-        raise NotImplementedError
+        """The ``auto`` blocks: the last third (the design study's starting point for the one-stack
+        DiTs), to be swept on real weights, not a measured optimum."""
+        blocks = self.attention_blocks()
+        return frozenset(blocks[len(blocks) - len(blocks) // 3:])
 
     def block_counts(self) -> str:
         names = {}

@@ -20,25 +20,10 @@ from .joint import JointAttentionFamily
 
 class QwenImageFamily(JointAttentionFamily):
     name = "Qwen-Image (experimental)"
+    MODEL_CLASS = comfy.ldm.qwen_image.model.QwenImageTransformer2DModel
+    BLOCKS = "transformer_blocks"    # auto: the last third (Qwen-Image: double 40-59)
     BLOCKS_EXAMPLE = "double 40-59 (or 40-59)"
     REPLACE_SLOTS = None
-
-    def __init__(self, diffusion_model):
-        super().__init__(diffusion_model)
-        self.patch_size = diffusion_model.patch_size
-
-    @classmethod
-    def matches(cls, diffusion_model) -> bool:
-        return isinstance(diffusion_model, comfy.ldm.qwen_image.model.QwenImageTransformer2DModel)
-
-    def attention_blocks(self) -> list[tuple]:
-        return [("double", i) for i in range(len(self.diffusion_model.transformer_blocks))]
-
-    def auto_blocks(self) -> frozenset:
-        """The last third of the blocks (Qwen-Image: double 40-59): the design study's starting
-        point, to be swept on real weights."""
-        blocks = len(self.diffusion_model.transformer_blocks)
-        return frozenset(("double", i) for i in range(blocks - blocks // 3, blocks))
 
     def rope(self) -> tuple[tuple[int, ...], float]:
         embedder = self.diffusion_model.pe_embedder

@@ -23,24 +23,9 @@ from .joint import ChainedBlockReplace, JointAttentionFamily
 
 class SD3Family(JointAttentionFamily):
     name = "SD3 / SD3.5 (experimental)"
+    MODEL_CLASS = comfy.ldm.modules.diffusionmodules.mmdit.MMDiT
+    BLOCKS = "joint_blocks"          # auto: the last third (SD3.5 Large: double 26-37)
     BLOCKS_EXAMPLE = "double 16-23 (or 16-23)"
-
-    def __init__(self, diffusion_model):
-        super().__init__(diffusion_model)
-        self.patch_size = diffusion_model.patch_size
-
-    @classmethod
-    def matches(cls, diffusion_model) -> bool:
-        return isinstance(diffusion_model, comfy.ldm.modules.diffusionmodules.mmdit.MMDiT)
-
-    def attention_blocks(self) -> list[tuple]:
-        return [("double", i) for i in range(len(self.diffusion_model.joint_blocks))]
-
-    def auto_blocks(self) -> frozenset:
-        """The last third of the joint blocks (SD3.5 Large: double 26-37): the design study's
-        starting point, to be swept on real weights."""
-        blocks = len(self.diffusion_model.joint_blocks)
-        return frozenset(("double", i) for i in range(blocks - blocks // 3, blocks))
 
     def install(self, model_patcher, blocks) -> None:
         options = model_patcher.model_options.setdefault("transformer_options", {})

@@ -21,25 +21,10 @@ from .joint import JointAttentionFamily
 
 class ZImageFamily(JointAttentionFamily):
     name = "Z-Image / Lumina 2 (experimental)"
+    MODEL_CLASS = comfy.ldm.lumina.model.NextDiT
+    BLOCKS = "layers"                # the main layers; auto: the last third (Z-Image: double 20-29)
     BLOCKS_EXAMPLE = "double 20-29 (or 20-29)"
     REPLACE_SLOTS = None
-
-    def __init__(self, diffusion_model):
-        super().__init__(diffusion_model)
-        self.patch_size = diffusion_model.patch_size
-
-    @classmethod
-    def matches(cls, diffusion_model) -> bool:
-        return isinstance(diffusion_model, comfy.ldm.lumina.model.NextDiT)
-
-    def attention_blocks(self) -> list[tuple]:
-        return [("double", i) for i in range(len(self.diffusion_model.layers))]
-
-    def auto_blocks(self) -> frozenset:
-        """The last third of the main layers (Z-Image: double 20-29): a starting point, to be
-        swept on real weights."""
-        layers = len(self.diffusion_model.layers)
-        return frozenset(("double", i) for i in range(layers - layers // 3, layers))
 
     def image_tokens(self, length: int, grid: tuple[int, int], transformer_options: dict) -> slice:
         """The image tokens end where their padding (to a multiple of ``pad_tokens_multiple``)
