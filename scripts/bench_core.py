@@ -1,6 +1,7 @@
 """Benchmark: one SCSA block call against one plain SDPA self-attention call at the same shape.
 
     .venv/bin/python scripts/bench_core.py [--repeats 7] [--device cpu|cuda] [--dtype float32|float16]
+    .venv/bin/python scripts/bench_core.py --labels   # labels from a 512 x 512 colour-map pair
 
 Prints one JSON object per shape on its own line: ``tokens``, ``channels``, ``heads``,
 ``labels``, ``scsa_s`` and ``sdpa_s`` (medians over alternating repeats), ``ratio`` and
@@ -128,13 +129,49 @@ def _cpu_peak_mb(tokens: int, channels: int, dtype: str, preset: str, which: str
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def measure_labels(repeats: int, size: int = 512) -> dict:
+    """Labels from the shipped example colour maps resized to ``size`` x ``size`` (nearest, so the
+    palette stays), against the floor of any palette detection: ``torch.unique`` of the pair's
+    colours."""
+    import numpy as np
+    from PIL import Image
+
+    from scsa_core.labels import labels_from_color_maps
+
+    def load(name):
+        image = Image.open(REPO_ROOT / "workflows" / "inputs" / name).convert("RGB")
+        return np.asarray(image.resize((size, size), Image.NEAREST))
+
+    content, style = load("scsa_example_content_map.png"), load("scsa_example_style_map.png")
+
+    def floor():
+        torch.unique(torch.from_numpy(np.concatenate([content, style])).reshape(-1, 3), dim=0)
+
+    times = {"labels": [], "unique": []}
+    for fn in (lambda: labels_from_color_maps(content, style), floor):   # warm-up
+        fn()
+    for _ in range(repeats):
+        for name, fn in (("labels", lambda: labels_from_color_maps(content, style)), ("unique", floor)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    labels_s, unique_s = statistics.median(times["labels"]), statistics.median(times["unique"])
+    return {"what": "labels_from_color_maps", "size": size, "labels_s": round(labels_s, 4),
+            "unique_s": round(unique_s, 4), "ratio": round(labels_s / unique_s, 2)}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--labels", action="store_true",
+                        help="time labels_from_color_maps on a 512 x 512 pair instead (against torch.unique)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (GPU default)")
     parser.add_argument("--preset", default="default", choices=("default", "official"))
     args = parser.parse_args(argv)
+    if args.labels:
+        print(json.dumps(measure_labels(args.repeats)), flush=True)
+        return
     dtypes = [args.dtype] if args.dtype else (["float32", "float16"] if args.device == "cuda" else ["float32"])
     for dtype_name in dtypes:
         for tokens, channels in SHAPES:
