@@ -1,7 +1,7 @@
 """ComfyUI in this process, for tests and benchmarks (importable without ComfyUI).
 
 Everything that touches ComfyUI imports it lazily, inside functions, after ``start_comfy`` has
-put ComfyUI on ``sys.path`` in the order ComfyUI needs (see shared/docs/comfyui_notes.md §5.2).
+put ComfyUI on ``sys.path`` and imported it in the order ComfyUI needs (see ``start_comfy``).
 
   * ``start_comfy(comfy_dir, tmp_dir)`` -> ``ComfyRuntime``: in-process ComfyUI on CPU, started
     the way main.py starts it (a real ``PromptServer``, never listening, that records every
@@ -250,8 +250,9 @@ def _stash_conflicting_modules(comfy_dir: Path) -> None:
 def start_comfy(comfy_dir: str | os.PathLike, tmp_dir: str | os.PathLike) -> ComfyRuntime:
     """Import ComfyUI from ``comfy_dir`` into this process, CPU only, dirs under ``tmp_dir``.
 
-    Follows the order that works (comfyui_notes.md §5.2): cli_args.cpu before model_management,
-    ``utils.extra_config`` before ``nodes``, then ``init_extra_nodes`` without custom/API nodes.
+    Follows the order that works: cli_args.cpu before model_management, ``utils.extra_config``
+    before ``nodes`` (importing ``nodes`` puts ComfyUI's ``comfy/`` first on ``sys.path``, after
+    which ``utils`` would be ``comfy/utils.py``), then ``init_extra_nodes`` without custom/API nodes.
     """
     comfy_dir = Path(comfy_dir).resolve()
     tmp_dir = Path(tmp_dir)

@@ -70,7 +70,7 @@ def adain(content: torch.Tensor, style: torch.Tensor, eps: float = SADAIN_EPS) -
 
 def semantic_adain(content: torch.Tensor, style: torch.Tensor, content_labels: torch.Tensor,
                    style_labels: torch.Tensor, eps: float = SADAIN_EPS) -> torch.Tensor:
-    """S-AdaIN: AdaIN per semantic region, population variance + eps (spec section 3).
+    """S-AdaIN: AdaIN per semantic region, population variance + eps (docs/method.md §4).
 
     content: ``[B, N, C]``; style: ``[B or 1, M, C]``; content_labels: ``int64 [N]``;
     style_labels: ``int64 [M]`` (``-1`` = no label) -> ``[B, N, C]``.

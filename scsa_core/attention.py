@@ -9,11 +9,12 @@ per grid, and each group attends only within itself. This is exact (tokens of ot
 zero weight in a masked softmax and are never argmax candidates), needs no ``N x M`` mask, and
 is faster than dense attention: with ``L`` balanced labels the work is about ``1 / L`` of it.
 
-Presets differ only where the official code is defective (spec section 6):
+Presets differ only where the official code is defective (docs/method.md §5, §12):
 ``unmatched="all"`` (default preset): a query whose label has no key attends to all keys.
 ``unmatched="official"``: such a row reproduces what a fully masked row does in the official
-code: every score is filled with the same value, so SCA averages all values uniformly and
-SSA's argmax picks key 0. Finite, but meaningless; kept only to reproduce the reference.
+code: every score is filled with the same value, so SCA averages all values uniformly, and so
+does SSA (the official code's softmax over that row is uniform too). Finite, but meaningless;
+kept only to reproduce the reference.
 """
 from __future__ import annotations
 
@@ -192,7 +193,7 @@ def semantic_sparse_attention(query: torch.Tensor, key: torch.Tensor, value: tor
 def styleid_attention(query: torch.Tensor, content_query: torch.Tensor, style_key: torch.Tensor,
                       style_value: torch.Tensor, heads: int, gamma: float = 0.75,
                       temperature: float = 1.5) -> torch.Tensor:
-    """StyleID's injection (spec section 7): query blended with the content's, style K and V.
+    """StyleID's injection (docs/method.md §9): query blended with the content's, style K and V.
 
     query: current ``[B, N, C]``; content_query: ``[B or 1, N, C]``; style_key, style_value:
     ``[B or 1, M, C]`` -> ``[B, N, C]``. Logits are multiplied by ``temperature``.

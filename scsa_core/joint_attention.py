@@ -1,4 +1,4 @@
-"""SCSA on one DiT joint-attention call (design study §3.2-3.4), per label, without an N x N mask.
+"""SCSA on one DiT joint-attention call (docs/method.md §14), per label, without an N x N mask.
 
 In a DiT block (Flux double/single blocks, SD3 joint blocks) every token attends over the
 concatenation ``[text ; image]``. SCSA replaces only the sample's *image queries*: each attends
@@ -14,7 +14,7 @@ For an image query ``i`` of label ``c`` and a head (``d`` = head dim, ``T`` = te
 * ``out = t1 * O_sca + t2 * O_ssa`` (at strength ``s < 1``: ``s t1 O_sca + s t2 O_ssa + (1 - s) O_plain``),
   written into the image rows of the attention output *before* the block's output projection.
 
-Design decisions (flagged, see the design study):
+Design decisions (flagged; docs/method.md §14 says why):
 
 * One query per softmax: the text logits use the same SCSA query (``q1`` or ``q2``) as the style
   logits, so each branch is one attention of one query over ``[K_txt ; K_style]`` with a per-label
@@ -31,7 +31,7 @@ built; scores are materialised in query chunks of at most :data:`SCORE_BUDGET` e
 label's queries never read another label's keys or values, so no mass crosses labels by
 construction.
 
-q-space S-AdaIN (a *DiT approximation* of the UNet form, §3.4): the UNet applies S-AdaIN to the
+q-space S-AdaIN (a *DiT approximation*, docs/method.md §14): the UNet applies S-AdaIN to the
 block input and re-projects it; a DiT's QK-RMSNorm makes q a non-affine function of its input,
 so here the statistics are matched on the queries themselves, per label, head and channel:
 

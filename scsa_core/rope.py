@@ -8,7 +8,7 @@ between the axes by ``axes_dim`` (``sum(axes_dim) = D``), and on each axis of wi
 ``omega = theta ** -(2j / d)`` for ``j < d / 2``. This module rebuilds that math in pure torch.
 
 Why shift style keys: with the same ids as the content grid, RoPE biases every query towards
-the style token at the *same* coordinates, which copies the style's layout (design study §3.3).
+the style token at the *same* coordinates, which copies the style's layout (docs/method.md §15).
 Rotations compose additively, ``R(a) R(b) = R(a + b)``, so one extra rotation by a constant id
 offset moves the keys to other positions, whether RoPE was applied before or not; and the
 logits ``q . k`` only depend on ``id_q - id_k``, so a shift common to queries and keys changes

@@ -1,5 +1,5 @@
-"""DDIM schedules and loops for StyleID-style inversion and injection sampling (spec sections 1, 5),
-and when injection acts during sampling (:class:`InjectionTiming`).
+"""DDIM schedules and loops for StyleID-style inversion and injection sampling (docs/method.md
+§6, §8), and when injection acts during sampling (:class:`InjectionTiming`).
 
 Everything here works in the DDPM parameterisation ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``
 with integer training timesteps ``t`` in ``[0, 1000)``. A sampler adapter turns a model into
@@ -58,7 +58,7 @@ class SamplingSchedule:
 def sampling_schedule(steps: int, mode: str = "official", train_steps: int = 1000) -> SamplingSchedule:
     """The denoising schedule after a ``steps``-step inversion.
 
-    ``official`` (StyleID's, spec section 5): skips the first DDIM step and starts from the latent
+    ``official`` (StyleID's, docs/method.md §8): skips the first DDIM step and starts from the latent
     inverted to 999 as if it were at the second-highest timestep (50 steps: 49 steps from 961).
     ``aligned``: starts from the latent inverted to the highest timestep and runs every step.
     The last step goes to ``t_prev = 0`` (LDM uses ``abar_0`` there).

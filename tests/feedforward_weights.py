@@ -1,8 +1,8 @@
 """Deterministic random weights for SANet and StyTr2 in the official files' key layout.
 
 For the tests that must run without ``../shared`` (a user's clone): the key tables here are
-written out from the published checkpoints' layout (``docs``: feed-forward spec, sections 1.5,
-1.6, 2.1, 3.1), independently of ``scsa_core.feedforward``'s own tables, so a wrong table in
+written out from the published checkpoints' layout (docs/method.md §17, the published files),
+independently of ``scsa_core.feedforward``'s own tables, so a wrong table in
 the pack shows up as a loader refusal. Every tensor has its own generator seeded from the seed
 and ``"<file>:<key>"``: values do not depend on the order of generation.
 

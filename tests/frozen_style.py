@@ -1,5 +1,5 @@
 """The graph and inputs of the format-1 style file that tests/test_style_files.py builds and
-checks (issue 20: a library of saved styles must survive upgrades).
+checks (a library of saved styles must survive upgrades: README, *Style files*).
 
 The tiny random checkpoint of scripts/tiny_models.py (``sd15_tiny_v1_s0``: one 320-channel
 UNet level, TAESD, CLIP-L), the empty prompt, the example style image and its colour map scaled to

@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ORACLE = Path(os.environ.get("SCSA_FF_ORACLE_DIR", REPO_ROOT.parent / "shared" / "oracle" / "feedforward"))
 DTYPES = {"f64": torch.float64, "f32": torch.float32}
 
-# README section 4
+# Tolerances: section 4 of the oracle's own README (../shared/oracle/feedforward/README.md)
 F64_REL = 1e-10
 CALL_F32_REL = 1e-5
 STAGE_F32_REL = 1e-4

@@ -1,5 +1,6 @@
-"""When injection acts (issue 13 §3): SCSAApply's ``start``, ``end`` and ``strength_schedule``
-through ComfyUI's executor, on the tiny random SD1.5 checkpoint (64 px, 8 x 8 latents).
+"""When injection acts (README, *When injection acts*; docs/method.md §10): SCSAApply's ``start``,
+``end`` and ``strength_schedule`` through ComfyUI's executor, on the tiny random SD1.5 checkpoint
+(64 px, 8 x 8 latents).
 
 The graphs, input files and the plain run (the same sampler, model and inversion with no block
 injected) are tests/test_reliability.py's.

@@ -1,4 +1,5 @@
-"""Reliability (issue 6): every bad input gets a clear answer, Cancel and long sessions leak nothing.
+"""Reliability (README, *Troubleshooting*, *Fallbacks*): every bad input gets a clear answer, Cancel
+and long sessions leak nothing.
 
 Every case runs through ComfyUI's executor (or its server) on the tiny random SD1.5 checkpoint
 (64 px images, 8 x 8 latents, 2 steps) and ends either in a clear error raised by the pack's

@@ -11,7 +11,7 @@ import torch
 from scsa_core.rope import (apply_rotation, compose_rotations, offset_rotation, rope_rotation,
                             shift_keys)
 
-FLUX1_AXES, FLUX1_THETA = [8, 12, 12], 10000  # the tiny Flux.1 of the design study (index, row, col)
+FLUX1_AXES, FLUX1_THETA = [8, 12, 12], 10000  # scripts/tiny_models.py's tiny Flux.1 (index, row, col)
 FLUX2_AXES, FLUX2_THETA = [8, 8, 8, 8], 2000
 
 

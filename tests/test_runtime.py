@@ -113,7 +113,7 @@ def test_tiny_sd15_unet_ddim_step(tiny_sd15_patcher):
 
 
 def test_tiny_sd15_attention_layers_match_sd15_block_map(tiny_sd15_patcher):
-    """attn1 replace patches fire at the SD1.5 keys the pack will use (notes §1.4)."""
+    """attn1 replace patches fire at the SD1.5 keys the pack will use (block map: docs/method.md §6)."""
     import torch
     p = tiny_sd15_patcher.clone()
     seen = []

@@ -1,4 +1,5 @@
-"""DDIM schedules (spec sections 1 and 5), the feature bank, and when injection acts (issue 13 §3)."""
+"""DDIM schedules (docs/method.md §6, §8), the feature bank, and when injection acts
+(docs/method.md §10; README, *When injection acts*)."""
 from __future__ import annotations
 
 import json

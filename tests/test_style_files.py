@@ -1,5 +1,5 @@
-"""Saved style files (issue 20): a library of styles survives upgrades, and a damaged or foreign
-file gets a clear answer.
+"""Saved style files (README, *Style files*): a library of styles survives upgrades, and a damaged or
+foreign file gets a clear answer.
 
 A format-1 file (``scsa-style-inversion/1``) is written in the tests by a frozen writer of that
 layout (``frozen_file``), not by today's save_style; every later version must load it and give
@@ -56,7 +56,8 @@ def frozen_file(comfy, frozen_checkpoint, frozen_images, tmp_path_factory):
 
 
 def _write_format_1(path, style, map_image: torch.Tensor) -> None:
-    """Format ``scsa-style-inversion/1`` as issue 20 defined it, written plainly (latents only)."""
+    """Format ``scsa-style-inversion/1`` as the README's *Style files* describes it, written plainly
+    (latents only)."""
     tensors = {"latent": style.latent, "map_latent": style.map_latent, "map_image": map_image}
     for t, row in style.trajectory.items():
         for stream, x in row.items():

@@ -1,5 +1,6 @@
-"""Reuse of a style's inversion (issue 13 section 2): across prompts in one ComfyUI (the cache),
-and across restarts (Save / Load Style Inversion), with the checks that keep it from being stale."""
+"""Reuse of a style's inversion (README, *Reusing a style*): across prompts in one ComfyUI (the
+cache), and across restarts (Save / Load Style Inversion), with the checks that keep it from
+being stale."""
 from __future__ import annotations
 
 import os

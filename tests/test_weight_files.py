@@ -1,7 +1,7 @@
-"""Feed-forward weight files that cannot be used (issue 20): a cut-off copy, a pickle under a
-.safetensors name, a damaged archive, missing keys, shapes of another network, a dtype name that
-is no dtype. Each gets a message naming the set, the file and what is wrong: when the prompt is
-queued where the first bytes tell, else when the set is loaded.
+"""Feed-forward weight files that cannot be used (README, *Feed-forward semantic style transfer*): a
+cut-off copy, a pickle under a .safetensors name, a damaged archive, missing keys, shapes of
+another network, a dtype name that is no dtype. Each gets a message naming the set, the file and
+what is wrong: when the prompt is queued where the first bytes tell, else when the set is loaded.
 
 Weights: random, in the official key layout (tests/feedforward_weights.py); only the parts a
 case needs, so the files stay small.

@@ -40,8 +40,8 @@ class FluxFamily(JointAttentionFamily):
                 [("single", i) for i in range(len(self.diffusion_model.single_blocks))])
 
     def auto_blocks(self) -> frozenset:
-        """The second half of the single blocks (Flux.1-dev: single 19-37): a starting point from
-        the design study, to be swept on real weights, not a measured optimum."""
+        """The second half of the single blocks (Flux.1-dev: single 19-37): a starting point
+        (docs/method.md §13), to be swept on real weights, not a measured optimum."""
         singles = len(self.diffusion_model.single_blocks)
         return frozenset(("single", i) for i in range(singles // 2, singles))
 

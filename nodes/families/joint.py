@@ -64,8 +64,8 @@ class JointAttentionFamily:
         return [("double", i) for i in range(len(getattr(self.diffusion_model, self.BLOCKS)))]
 
     def auto_blocks(self) -> frozenset:
-        """The ``auto`` blocks: the last third (the design study's starting point for the one-stack
-        DiTs), to be swept on real weights, not a measured optimum."""
+        """The ``auto`` blocks: the last third (a starting point for the one-stack DiTs,
+        docs/method.md §13), to be swept on real weights, not a measured optimum."""
         blocks = self.attention_blocks()
         return frozenset(blocks[len(blocks) - len(blocks) // 3:])
 
