@@ -101,7 +101,7 @@ CORE_NODES = {
         "output": ["CLIP"], "output_name": ["CLIP"]},
     "CLIPLoader": {
         "display_name": "Load CLIP",
-        "input": {"required": {"clip_name": [[], {}], "type": [["flux2"], {}]},
+        "input": {"required": {"clip_name": [[], {}], "type": [["flux2", "qwen_image", "lumina2"], {}]},
                   "optional": {"device": [["default", "cpu"], {"advanced": True}]}},
         "input_order": {"required": ["clip_name", "type"], "optional": ["device"]},
         "output": ["CLIP"], "output_name": ["CLIP"]},
@@ -115,6 +115,11 @@ CORE_NODES = {
                                "guidance": ["FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1}]}},
         "input_order": {"required": ["conditioning", "guidance"]},
         "output": ["CONDITIONING"], "output_name": ["CONDITIONING"]},
+    "ModelSamplingAuraFlow": {
+        "display_name": "ModelSamplingAuraFlow",
+        "input": {"required": {"model": ["MODEL", {}],
+                               "shift": ["FLOAT", {"default": 1.73, "min": 0.0, "max": 100.0, "step": 0.01}]}},
+        "input_order": {"required": ["model", "shift"]}, "output": ["MODEL"], "output_name": ["MODEL"]},
     "ImageColorToMask": {
         "display_name": "ImageColorToMask",
         "input": {"required": {"image": ["IMAGE", {}], "color": ["INT", {"default": 0, "min": 0, "max": 0xFFFFFF}]}},
@@ -336,6 +341,84 @@ NOTE_FLUX = {
 }
 
 
+# What ComfyUI's own templates load for the other DiT families (image_qwen_image,
+# image_z_image_turbo, sd3.5_simple_example in comfyui-workflow-templates): Qwen-Image and
+# Z-Image-Turbo through Load Diffusion Model + Load CLIP (type qwen_image / lumina2) + Load VAE,
+# with ModelSamplingAuraFlow (shift 3.1 / 3); SD3.5 through one Load Checkpoint of the file that
+# carries its text encoders. Steps: the templates' (Z-Image-Turbo: its model card's 9).
+DIT_FILES = {
+    "qwen_image": dict(model="qwen_image_fp8_e4m3fn.safetensors",
+                       text_encoder=("qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image"),
+                       vae="qwen_image_vae.safetensors", shift=3.1, steps=20),
+    "z_image": dict(model="z_image_turbo_bf16.safetensors", text_encoder=("qwen_3_4b.safetensors", "lumina2"),
+                    vae="ae.safetensors", shift=3.0, steps=9),
+    "sd35": dict(checkpoint="sd3.5_large_fp8_scaled.safetensors", steps=20),
+}
+DIT_NAMES = {"qwen_image": "Qwen-Image", "z_image": "Z-Image", "sd35": "SD3.5"}
+
+
+def scsa_dit(variant: str) -> Graph:
+    """SCSA on Qwen-Image / Z-Image / SD3.5 (experimental): the colour-map graph on the loaders
+    ComfyUI's own template for that model uses."""
+    files = DIT_FILES[variant]
+    g = Graph(f"scsa_{variant}", view=(0.75, (20.0, 20.0)))
+    if "checkpoint" in files:   # SD3.5: one file with the model, its three text encoders and the VAE
+        ckpt = g.add("CheckpointLoaderSimple", (40, 60), (320, 98), title="Load Checkpoint",
+                     ckpt_name=File(files["checkpoint"]))
+        loaders = (ckpt[0], ckpt[1], ckpt[2])
+        empty = g.add("CLIPTextEncode", (40, 210), (320, 110), title="Empty prompt", text="", clip=ckpt[1])
+        note_at, model_height = (40, 380), 1030
+    else:
+        # Explicit titles, as on the Flux graphs: an untitled node's API title is its display name.
+        unet = g.add("UNETLoader", (40, 60), (320, 82), title="Load Diffusion Model", unet_name=File(files["model"]))
+        shift = g.add("ModelSamplingAuraFlow", (40, 180), (320, 58), title="Model sampling (shift)",
+                      model=unet[0], shift=files["shift"])
+        encoder, kind = files["text_encoder"]
+        clip = g.add("CLIPLoader", (40, 280), (320, 106), title="Load text encoder", clip_name=File(encoder),
+                     type=kind)
+        vae = g.add("VAELoader", (40, 430), (320, 58), title="Load VAE", vae_name=File(files["vae"]))
+        loaders = (shift[0], clip[0], vae[0])
+        empty = g.add("CLIPTextEncode", (40, 530), (320, 110), title="Empty prompt", text="", clip=clip[0])
+        note_at, model_height = (40, 680), 1130
+    content, style, content_map, style_map = _images(g, "color")
+    latents = _encode_pair(g, loaders, content, style, content_map, style_map)
+    pair = g.add("SCSASemanticPair", (1060, 640), (420, 360), content_map=content_map[0], style_map=style_map[0])
+    _scsa_tail(g, loaders, empty, latents, pair, 1520, f"scsa_{variant}", steps=files["steps"])
+    g.note(NOTE_DIT[variant], note_at, (330, model_height - note_at[1] - 20))
+    g.group("Model", (20, -10, 360, model_height))
+    g.group("Images and semantic maps", (380, -10, 660, 800))
+    g.group(f"SCSA (experimental on {DIT_NAMES[variant]})", (1500, -10, 770, 760))
+    return g
+
+
+_NOTE_DIT_COMMON = """Experimental: no real {name} weights were run through SCSA when this was made. It runs; what looks best is unmeasured. A real-weight run should tune: Invert's blocks (auto = the last third of the {blocks}), {tune} and the number of steps.
+
+Content and style must have the same size; each semantic map the size of its own image. Storage is always recompute (the reference rows ride along in the sampling batch)."""
+
+NOTE_DIT = {
+    "qwen_image": "SCSA semantic style transfer on Qwen-Image\n\n1. Load Diffusion Model: the Qwen-Image model; "
+                  "Load text encoder: qwen_2.5_vl_7b (type qwen_image); Load VAE: the Qwen-Image VAE. Model "
+                  "sampling (shift) 3.1 as in ComfyUI's own Qwen-Image template.\n2. Content, style and their "
+                  "colour maps, as for SD1.5.\n\n" + _NOTE_DIT_COMMON.format(
+                      name="Qwen-Image", blocks="transformer blocks: double 40-59",
+                      tune="the shift, Apply SCSA's rope_mode (shift / shared)"),
+    "z_image": "SCSA semantic style transfer on Z-Image (Turbo)\n\n1. Load Diffusion Model: the Z-Image model; "
+               "Load text encoder: qwen_3_4b (type lumina2); Load VAE: ae (the Flux VAE). Model sampling (shift) "
+               "3 as in ComfyUI's own Z-Image-Turbo template.\n2. Content, style and their colour maps, as for "
+               "SD1.5.\n\nNeeds a ComfyUI whose Z-Image layers publish their block index (0.33 does; 0.3.75 "
+               "does not, and SCSA then stops with \"SCSA injected nothing\").\n\n" + _NOTE_DIT_COMMON.format(
+                   name="Z-Image", blocks="main layers: double 20-29; the refiners are never touched",
+                   tune="the shift, Apply SCSA's rope_mode (shift / shared)"),
+    "sd35": "SCSA semantic style transfer on SD3.5 (Large, Medium)\n\n1. Load Checkpoint: an SD3.5 file that "
+            "carries its text encoders (e.g. sd3.5_large_fp8_scaled, as in ComfyUI's own SD3.5 template). A file "
+            "without them: Load Diffusion Model + TripleCLIPLoader (clip_g, clip_l, t5xxl) + Load VAE instead.\n"
+            "2. Content, style and their colour maps, as for SD1.5.\n\nSD3.5 has no RoPE (learned absolute "
+            "positions): Apply SCSA's rope_mode has no effect, and within a region the style's layout can show "
+            "through.\n\n" + _NOTE_DIT_COMMON.format(name="SD3.5", blocks="joint blocks: double 26-37 on Large",
+                                                       tune="the SCSA weights"),
+}
+
+
 def feedforward(variant: str) -> Graph:
     """SANet+SCSA or StyTr2+SCSA: one network pass, no diffusion model."""
     node_type, weights, note = FEEDFORWARD[variant]
@@ -379,7 +462,9 @@ FEEDFORWARD = {"sanet": ("SCSASANetStylize", "sanet/", NOTE_SANET),
 GRAPHS = {"scsa_sd15_color_maps": scsa_color_maps, "styleid_sd15": styleid, "scsa_sd15_masks": scsa_masks,
           "scsa_sdxl_color_maps": scsa_sdxl, "scsa_sanet": lambda: feedforward("sanet"),
           "scsa_stytr2": lambda: feedforward("stytr2"), "scsa_two_styles": scsa_two_styles,
-          "scsa_flux1": lambda: scsa_flux("flux1"), "scsa_flux2": lambda: scsa_flux("flux2")}
+          "scsa_flux1": lambda: scsa_flux("flux1"), "scsa_flux2": lambda: scsa_flux("flux2"),
+          "scsa_qwen_image": lambda: scsa_dit("qwen_image"), "scsa_z_image": lambda: scsa_dit("z_image"),
+          "scsa_sd35": lambda: scsa_dit("sd35")}
 
 
 # ---------------------------------------------------------------------- node definitions

@@ -33,13 +33,15 @@ each content's: so its latent, and with it its DDIM inversion, is the same for e
 the server inverts it once and reuses it from the second content on (nodes/style_reuse.py). Each
 content's map is resized to the content.
 
-Model files: the ones the workflow's loaders name (Load Checkpoint; for Flux, Load Diffusion
-Model, DualCLIPLoader / Load CLIP and Load VAE), or --checkpoint NAME. The embedded server looks
-in --models DIR (and its checkpoints/, diffusion_models/, text_encoders/, vae/ sub-folders) and in
-ComfyUI's models/. If one is missing and no checkpoint was asked for, the run goes on with
-RANDOM-WEIGHT stand-ins, said loudly (``make_stand_in``): the tests' tiny SD1.5 checkpoint, or for
-a Flux graph the stand-in Flux node of scripts/standin_nodes with a random VAE and the tiny CLIP-L
-(built once into .cache/models). Their output is noise, not art. --save-latents DIR also keeps
+Model files: the ones the workflow's loaders name (Load Checkpoint; for the DiTs (Flux, Qwen-Image,
+Z-Image), Load Diffusion Model, DualCLIPLoader / Load CLIP / TripleCLIPLoader and Load VAE), or
+--checkpoint NAME. The embedded server looks in --models DIR (and its checkpoints/,
+diffusion_models/, text_encoders/, vae/ sub-folders) and in ComfyUI's models/. If one is missing
+and no checkpoint was asked for, the run goes on with RANDOM-WEIGHT stand-ins, said loudly
+(``make_stand_in``): for a DiT graph (``dit_variant``: Flux.1, Flux.2, Qwen-Image, Z-Image, or an
+SD3.5 checkpoint) the stand-in node TinyRandomDiT of scripts/standin_nodes with a random VAE and
+the tiny CLIP-L (built once into .cache/models), else the tests' tiny SD1.5 checkpoint. Their
+output is noise, not art. --save-latents DIR also keeps
 each decoded latent as ComfyUI's .latent file, to compare such runs numerically.
 """
 from __future__ import annotations
@@ -346,10 +348,21 @@ MODEL_INPUTS = {
     "VAELoader": [("vae_name", "vae", 0)],
     "DualCLIPLoader": [("clip_name1", "text_encoders", 0), ("clip_name2", "text_encoders", 1)],
     "CLIPLoader": [("clip_name", "text_encoders", 0)],
+    "TripleCLIPLoader": [("clip_name1", "text_encoders", 0), ("clip_name2", "text_encoders", 1),
+                         ("clip_name3", "text_encoders", 2)],
 }
-TEXT_ENCODER_LOADERS = ("DualCLIPLoader", "CLIPLoader")
-# A Flux workflow's text-encoder type -> the stand-in Flux variant (scripts/standin_nodes).
-FLUX_STANDINS = {"flux": "flux1", "flux2": "flux2"}
+TEXT_ENCODER_LOADERS = ("DualCLIPLoader", "CLIPLoader", "TripleCLIPLoader")
+# The text-encoder type (the loader's "type" widget) of a Load Diffusion Model graph -> its DiT
+# stand-in variant (tiny_models.DIT_VARIANTS, built by the node TinyRandomDiT of
+# scripts/standin_nodes). TripleCLIPLoader has no type widget: it loads SD3's three encoders.
+DIT_TEXT_ENCODERS = {"flux": "flux1", "flux2": "flux2", "qwen_image": "qwen_image", "lumina2": "z_image",
+                     "sd3": "sd35"}
+IMPLIED_TEXT_ENCODER_TYPE = {"TripleCLIPLoader": "sd3"}
+# A Load Checkpoint graph whose file is named like one of these gets that DiT's stand-in (SD3.5 is
+# loaded from one checkpoint); any other Load Checkpoint graph gets the tiny SD1.5 checkpoint.
+DIT_CHECKPOINT_NAMES = ((re.compile(r"sd3", re.IGNORECASE), "sd35"),)
+# The stand-in VAE's layout per variant (tiny_models.write_dit_standin_files), for the warning.
+STANDIN_VAE_LAYOUT = {"qwen_image": "TAEHV-layout"}
 
 
 def model_folders(models: Path | None, comfy_dir: Path, kind: str) -> list[Path]:
@@ -382,8 +395,10 @@ def workflow_loaders(workflow: dict) -> list[tuple[str, dict]]:
                     found.append((node["type"], dict(values)))
                 else:
                     named = {name: values[i] for name, _, i in MODEL_INPUTS[node["type"]] if i < len(values)}
-                    if node["type"] in TEXT_ENCODER_LOADERS:
-                        named["type"] = values[len(MODEL_INPUTS[node["type"]])]
+                    type_at = len(MODEL_INPUTS[node["type"]])   # the type widget follows the file names
+                    if node["type"] in TEXT_ENCODER_LOADERS and node["type"] not in IMPLIED_TEXT_ENCODER_TYPE \
+                            and type_at < len(values):
+                        named["type"] = values[type_at]
                     found.append((node["type"], named))
         return found
     for node in workflow.values():
@@ -425,7 +440,7 @@ class StandIn:
     def __init__(self, folder: Path, description: str):
         self.folder = folder
         self.description = description
-        self.edits: list = []   # (class, change(node)) applied to every node of that class
+        self.edits: list = []   # (class, change(node_id, node, prompt)) applied to every node of that class
 
     def link(self, kind: str, path: Path) -> str:
         target = self.folder / kind / path.name
@@ -436,59 +451,80 @@ class StandIn:
 
     def rewrite(self, prompt: dict) -> None:
         for class_type, change in self.edits:
-            for node in prompt.values():
+            for node_id, node in list(prompt.items()):
                 if node["class_type"] == class_type:
-                    change(node)
+                    change(node_id, node, prompt)
 
 
 def make_stand_in(loaders: list[tuple[str, dict]], folder: Path, comfy_version: str, log) -> StandIn:
-    """The stand-in for the workflow's loaders: the tiny SD1.5 checkpoint for Load Checkpoint;
-    for a Flux workflow (Load Diffusion Model + DualCLIPLoader type flux, or Load CLIP type
-    flux2), the stand-in Flux node, a TAESD-layout VAE and the tiny CLIP-L (through ComfyUI's
-    own Load VAE and Load CLIP)."""
-    classes = {class_type for class_type, _ in loaders}
-    if "CheckpointLoaderSimple" in classes:
+    """The stand-in for the workflow's loaders: for a DiT graph (``dit_variant``), the stand-in
+    node TinyRandomDiT of that variant with a random VAE and the tiny CLIP-L (through ComfyUI's
+    own Load VAE and Load CLIP); for any other Load Checkpoint graph, the tiny SD1.5 checkpoint."""
+    variant = dit_variant(loaders)
+    if variant is None and "CheckpointLoaderSimple" in {class_type for class_type, _ in loaders}:
         stand_in = StandIn(folder, "the tiny RANDOM-WEIGHT SD1.5 test checkpoint")
         name = stand_in.link("checkpoints", tiny_checkpoint(log))
-        stand_in.edits.append(("CheckpointLoaderSimple", lambda node: node["inputs"].update(ckpt_name=name)))
+        stand_in.edits.append(("CheckpointLoaderSimple",
+                               lambda node_id, node, prompt: node["inputs"].update(ckpt_name=name)))
         return stand_in
-    variant = flux_variant(loaders)
     if variant is None:
         raise RunError("no random-weight stand-in for this workflow's model (the runner has one for Load "
-                       "Checkpoint and for Flux.1 / Flux.2 graphs): give its model files with --models DIR")
-    files = _built_in_child(f"tiny_models.write_flux_standin_files({variant!r}, {comfy_version!r})",
+                       "Checkpoint and for the DiT graphs: Load Diffusion Model with a text encoder loader of type "
+                       f"{', '.join(DIT_TEXT_ENCODERS)} or TripleCLIPLoader): give its model files with --models DIR")
+    files = _built_in_child(f"tiny_models.write_dit_standin_files({variant!r}, {comfy_version!r})",
                             f"the random-weight stand-in VAE and text encoder for {variant}", log)
-    return flux_stand_in(variant, {kind: [Path(p) for p in paths] for kind, paths in files.items()}, folder)
+    return dit_stand_in(variant, {kind: [Path(p) for p in paths] for kind, paths in files.items()}, folder)
 
 
-def flux_variant(loaders: list[tuple[str, dict]]) -> str | None:
-    """"flux1" / "flux2" for a Flux graph (Load Diffusion Model with DualCLIPLoader type flux, or
-    Load CLIP type flux2), else None."""
-    if "UNETLoader" not in {class_type for class_type, _ in loaders}:
-        return None
-    variants = {FLUX_STANDINS.get(values.get("type")) for class_type, values in loaders
-                if class_type in TEXT_ENCODER_LOADERS} - {None}
+def dit_variant(loaders: list[tuple[str, dict]]) -> str | None:
+    """The DiT variant of a graph (one of tiny_models.DIT_VARIANTS), from its loaders: Load
+    Diffusion Model with one text-encoder type (``DIT_TEXT_ENCODERS``: DualCLIPLoader type flux,
+    Load CLIP type flux2 / qwen_image / lumina2 / sd3, TripleCLIPLoader), or Load Checkpoint of a
+    file named like ``DIT_CHECKPOINT_NAMES`` (sd3...). None for anything else."""
+    classes = {class_type for class_type, _ in loaders}
+    if "UNETLoader" in classes:
+        variants = {DIT_TEXT_ENCODERS.get(values.get("type") or IMPLIED_TEXT_ENCODER_TYPE.get(class_type))
+                    for class_type, values in loaders if class_type in TEXT_ENCODER_LOADERS} - {None}
+    else:
+        variants = {variant for class_type, values in loaders if class_type == "CheckpointLoaderSimple"
+                    for pattern, variant in DIT_CHECKPOINT_NAMES if pattern.search(str(values.get("ckpt_name", "")))}
     return variants.pop() if len(variants) == 1 else None
 
 
-def flux_stand_in(variant: str, files: dict[str, list[Path]], folder: Path) -> StandIn:
-    """The stand-in for a Flux ``variant`` graph, with ``files`` (tiny_models.write_flux_standin_files)
-    linked into ``folder``: Load Diffusion Model becomes the stand-in node, Load VAE and the text
-    encoder loader read the stand-in files through ComfyUI's own loaders."""
+def dit_stand_in(variant: str, files: dict[str, list[Path]], folder: Path) -> StandIn:
+    """The stand-in for a DiT ``variant`` graph, with ``files`` (tiny_models.write_dit_standin_files)
+    linked into ``folder``: Load Diffusion Model becomes the stand-in node TinyRandomDiT, Load VAE
+    and the text encoder loader read the stand-in files through ComfyUI's own loaders. A Load
+    Checkpoint (SD3.5) becomes the stand-in node too, and what used its CLIP and VAE outputs reads
+    them from a Load CLIP and a Load VAE added beside it."""
+    layout = STANDIN_VAE_LAYOUT.get(variant, "TAESD-layout")
     stand_in = StandIn(folder, f"a tiny RANDOM-WEIGHT {variant} stand-in (scripts/standin_nodes), a random "
-                               "TAESD-layout VAE and a random CLIP-L text encoder")
+                               f"{layout} VAE and a random CLIP-L text encoder")
     linked = {kind: [stand_in.link(kind, path) for path in paths] for kind, paths in files.items()}
     vae = linked["vae"][0] if "vae" in linked else "taef2"   # vae_approx: ComfyUI's taef2 pair
     text_encoder = linked["text_encoders"][0]
+    clip_inputs = {"clip_name": text_encoder, "type": "stable_diffusion"}
 
-    def model(node):
-        node.update(class_type="TinyRandomFlux", inputs={"variant": variant, "seed": 0})
+    def model(node_id, node, prompt):
+        node.update(class_type="TinyRandomDiT", inputs={"variant": variant, "seed": 0})
 
-    def encoder(node):
-        node.update(class_type="CLIPLoader", inputs={"clip_name": text_encoder, "type": "stable_diffusion"})
+    def encoder(node_id, node, prompt):
+        node.update(class_type="CLIPLoader", inputs=dict(clip_inputs))
 
-    stand_in.edits += [("UNETLoader", model), ("VAELoader", lambda node: node["inputs"].update(vae_name=vae)),
-                       ("DualCLIPLoader", encoder), ("CLIPLoader", encoder)]
+    def checkpoint(node_id, node, prompt):
+        model(node_id, node, prompt)
+        added = {1: (f"{node_id}_standin_clip", {"class_type": "CLIPLoader", "inputs": dict(clip_inputs)}),
+                 2: (f"{node_id}_standin_vae", {"class_type": "VAELoader", "inputs": {"vae_name": vae}})}
+        for new_id, new_node in added.values():
+            prompt[new_id] = dict(new_node, _meta={"title": f"stand-in {new_node['class_type']}"})
+        for other in prompt.values():
+            for name, value in other["inputs"].items():
+                if isinstance(value, list) and len(value) == 2 and str(value[0]) == str(node_id) and value[1] in added:
+                    other["inputs"][name] = [added[value[1]][0], 0]
+
+    stand_in.edits += [("UNETLoader", model), ("CheckpointLoaderSimple", checkpoint),
+                       ("VAELoader", lambda node_id, node, prompt: node["inputs"].update(vae_name=vae))]
+    stand_in.edits += [(class_type, encoder) for class_type in TEXT_ENCODER_LOADERS]
     return stand_in
 
 

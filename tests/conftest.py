@@ -238,27 +238,28 @@ def oracle_checkpoint(oracle_dir, comfy_core) -> Path:
 
 # ------------------------------------------------------------------------------------ server
 @pytest.fixture(scope="session")
-def flux_stand_ins(comfy_core, comfyui_dir, tiny_checkpoint, tmp_path_factory) -> dict:
-    """``{"flux1" | "flux2": scripts.run_workflow.StandIn}``: the runner's random-weight stand-ins
-    for the Flux workflows (``.rewrite(api_prompt)``), their files linked into the session's
-    models folder (``.folder``, which ``models_dir`` returns)."""
+def dit_stand_ins(comfy_core, comfyui_dir, tiny_checkpoint, tmp_path_factory) -> dict:
+    """``{variant: scripts.run_workflow.StandIn}`` for every DiT variant (tiny_models.DIT_VARIANTS:
+    flux1, flux2, qwen_image, z_image, sd35): the runner's random-weight stand-ins for the DiT
+    workflows (``.rewrite(api_prompt)``), their files (tiny_models.write_dit_standin_files) linked
+    into the session's models folder (``.folder``, which ``models_dir`` returns)."""
     from scripts import run_workflow
 
     d = tmp_path_factory.mktemp("models")
     version = rt.comfyui_version(comfyui_dir)
-    return {variant: run_workflow.flux_stand_in(variant, tiny_models.write_flux_standin_files(variant, version), d)
-            for variant in tiny_models.FLUX_VARIANTS}
+    return {variant: run_workflow.dit_stand_in(variant, tiny_models.write_dit_standin_files(variant, version), d)
+            for variant in tiny_models.DIT_VARIANTS}
 
 
 @pytest.fixture(scope="session")
-def models_dir(tiny_checkpoint, flux_stand_ins, tmp_path_factory) -> Path:
-    """A temp models folder holding (a symlink to) the tiny checkpoint, the Flux stand-ins'
+def models_dir(tiny_checkpoint, dit_stand_ins, tmp_path_factory) -> Path:
+    """A temp models folder holding (a symlink to) the tiny checkpoint, the DiT stand-ins'
     files, and random-weight SANet and StyTr2 sets under style_transfer/ named as the
     feed-forward templates name them."""
     import feedforward_weights
     from scripts import make_workflows
 
-    d = next(iter(flux_stand_ins.values())).folder
+    d = next(iter(dit_stand_ins.values())).folder
     link = d / tiny_checkpoint.name
     try:
         link.symlink_to(tiny_checkpoint)

@@ -160,16 +160,17 @@ def test_missing_nodes_are_detected(page):
 
 
 @pytest.mark.parametrize("name", wi.WORKFLOWS)
-def test_workflow_loads_converts_and_runs_in_the_frontend(page, comfy_server, defs, tiny_checkpoint,
-                                                          flux_stand_ins, tmp_path, name):
+def test_workflow_loads_converts_and_runs_in_the_frontend(page, comfy_server, comfyui_dir, defs, tiny_checkpoint,
+                                                          dit_stand_ins, tmp_path, name):
     ui_file, api_file = wi.committed(name)
     ui = wi.for_test_ui(ui_file, defs, tiny_checkpoint.name)
-    # A Flux graph keeps the file names artists have (the server has none of them): it is loaded
-    # and converted as shipped, and its converted prompt runs on the runner's stand-ins.
-    flux = wf.nodes_of_type(ui, "UNETLoader") != []
+    # A DiT graph (Flux, Qwen-Image, Z-Image, SD3.5) keeps the file names artists have (the server
+    # has none of them): it is loaded and converted as shipped, and its converted prompt runs on
+    # the runner's stand-ins.
+    dit = rw.dit_variant(rw.workflow_loaders(ui)) is not None
     expected_api = wi.for_test_api(api_file, tiny_checkpoint.name)
     model_files = {node["inputs"][name] for node in api_file.values() if node["class_type"] in rw.MODEL_INPUTS
-                   for name, _, _ in rw.MODEL_INPUTS[node["class_type"]]} if flux else set()
+                   for name, _, _ in rw.MODEL_INPUTS[node["class_type"]]} if dit else set()
     console_before = len(page.console)
 
     missing = _load(page, ui)
@@ -219,9 +220,10 @@ def test_workflow_loads_converts_and_runs_in_the_frontend(page, comfy_server, de
     prompt = json.loads(page.evaluate("app.graphToPrompt().then(r => JSON.stringify(r.output))"))
     assert prompt == expected_api
 
-    if flux:   # the frontend's prompt, on the stand-ins, through the server's API
+    failure = wi.expected_failure(name, comfyui_dir)
+    if dit:   # the frontend's prompt, on the stand-ins, through the server's API
         status, body = comfy_server.post_json("/prompt", {
-            "prompt": wi.for_test_api(prompt, tiny_checkpoint.name, flux_stand_ins=flux_stand_ins),
+            "prompt": wi.for_test_api(prompt, tiny_checkpoint.name, dit_stand_ins=dit_stand_ins),
             "client_id": "scsa-test-browser", "extra_data": {"extra_pnginfo": {"workflow": ui}}})
         assert status == 200, json.dumps(body, indent=1)[:3000]
         entry = wi.wait_history(comfy_server.base_url, body["prompt_id"])
@@ -235,13 +237,16 @@ def test_workflow_loads_converts_and_runs_in_the_frontend(page, comfy_server, de
             new = _history_ids(comfy_server.base_url) - before
         assert len(new) == 1, "the queued prompt never showed up in /history"
         entry = wi.wait_history(comfy_server.base_url, new.pop())
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:4000]
-    files = wi.saved_images(entry, comfy_server.output_dir)
-    assert len(files) == 1
-    wi.check_image(files[0])
-    workflow_chunk = json.loads(Image.open(files[0]).info["workflow"])
-    assert _ids(n["id"] for n in workflow_chunk["nodes"]) == _ids(n["id"] for n in ui["nodes"])
-    if not flux:   # a prompt the page queued shows its output on the page
+    if failure is not None:   # its family cannot run on this ComfyUI: SCSA's clear error, no image
+        wi.check_expected_failure(entry, failure)
+    else:
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:4000]
+        files = wi.saved_images(entry, comfy_server.output_dir)
+        assert len(files) == 1
+        wi.check_image(files[0])
+        workflow_chunk = json.loads(Image.open(files[0]).info["workflow"])
+        assert _ids(n["id"] for n in workflow_chunk["nodes"]) == _ids(n["id"] for n in ui["nodes"])
+    if not dit:   # a prompt the page queued shows its output on the page
         save_id = wf.nodes_of_type(ui, "SaveImage")[0]
         page.wait_for(f"app.nodeOutputs && Object.values(app.nodeOutputs).some(o => o && o.images && "
                       f"o.images.some(i => i.filename === {json.dumps(files[0].name)}))", timeout=60)

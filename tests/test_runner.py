@@ -208,6 +208,86 @@ def test_the_flux_workflow_runs_on_stand_ins_when_its_files_are_missing(tmp_path
     assert latent.shape == (1, 16, side, side) and latent.isfinite().all() and latent.std() > 0.1
 
 
+# What each of the other DiT workflows loads (the banner must name every missing file) and the
+# shape of the latent its sampler returns at the runner's stand-in size (Qwen-Image: 5-D, one frame).
+DIT_WORKFLOWS = {
+    "qwen_image": (("qwen_image_fp8_e4m3fn.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                    "qwen_image_vae.safetensors"), (1, 16, 1)),
+    "z_image": (("z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "ae.safetensors"), (1, 16)),
+    "sd35": (("sd3.5_large_fp8_scaled.safetensors",), (1, 16)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(DIT_WORKFLOWS))
+def test_a_dit_workflow_runs_on_stand_ins_when_its_files_are_missing(comfyui_dir, tmp_path, variant):
+    """workflows/scsa_<variant>.json with none of its files anywhere: the runner names them and the
+    folders searched, loudly, and runs the graph on the random-weight stand-in of that family
+    (TinyRandomDiT; for SD3.5's Load Checkpoint also a Load CLIP and a Load VAE), writing the image
+    and the sampler's latent. Where the family cannot run on this ComfyUI (Z-Image on 0.3.75), the
+    run stops with SCSA's clear error (exit 2) and writes nothing."""
+    from safetensors.torch import load_file
+    name = f"scsa_{variant}"
+    files, shape = DIT_WORKFLOWS[variant]
+    empty_models = tmp_path / "models"
+    empty_models.mkdir()
+    out, latents = tmp_path / "out", tmp_path / "latents"
+    proc = run([str(mw.paths(name)["ui"]), "--models", str(empty_models), "--steps", "2",
+                "--out", str(out), "--save-latents", str(latents)], timeout=400)
+    assert f"RANDOM-WEIGHT {variant} stand-in" in proc.stdout and "NOISE" in proc.stdout, proc.stdout[-3000:]
+    for file_name in files:
+        assert file_name in proc.stdout, f"the warning must name the missing {file_name}"
+    assert str(empty_models) in proc.stdout, "the warning must say which folders were searched"
+    failure = wi.expected_failure(name, comfyui_dir)
+    if failure is not None:
+        assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "InjectionLost" in proc.stderr and failure in proc.stderr, proc.stderr[-3000:]
+        assert not list(out.glob("*.png"))
+        return
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert [f.name for f in out.glob("*.png")] == [f"{name}_example.png"]
+    wi.check_image(out / f"{name}_example.png", size=rw.TINY_SIZE)
+    latent = load_file(str(latents / f"{name}_example.latent"))["latent_tensor"]
+    side = rw.TINY_SIZE // 8
+    assert latent.shape == (*shape, side, side) and latent.isfinite().all() and latent.std() > 0.1
+
+
+def test_each_dit_workflow_gets_its_own_stand_in(tmp_path):
+    """dit_variant: the variant of every example workflow (None for the UNet and feed-forward
+    ones), and of the other ways these models load; the SD3.5 Load Checkpoint becomes the stand-in
+    node, its CLIP and VAE outputs re-pointed at an added Load CLIP and Load VAE."""
+    expected = {"scsa_flux1": "flux1", "scsa_flux2": "flux2", "scsa_qwen_image": "qwen_image",
+                "scsa_z_image": "z_image", "scsa_sd35": "sd35"}
+    for name in wi.WORKFLOWS:
+        ui, api = wi.committed(name)
+        assert rw.dit_variant(rw.workflow_loaders(api)) == expected.get(name), name
+        assert rw.dit_variant(rw.workflow_loaders(ui)) == expected.get(name), name
+    triple = [("UNETLoader", {"unet_name": "sd3.5_medium.safetensors"}),
+              ("TripleCLIPLoader", {"clip_name1": "clip_g.safetensors", "clip_name2": "clip_l.safetensors",
+                                    "clip_name3": "t5xxl_fp16.safetensors"}), ("VAELoader", {"vae_name": "v.sft"})]
+    assert rw.dit_variant(triple) == "sd35"
+    assert rw.dit_variant([("CheckpointLoaderSimple", {"ckpt_name": "sd_xl_base_1.0.safetensors"})]) is None
+    assert rw.dit_variant([("UNETLoader", {"unet_name": "x"}), ("CLIPLoader", {"clip_name": "y", "type": "wan"})]) is None
+
+    files = {"vae": [tmp_path / "vae.safetensors"], "text_encoders": [tmp_path / "clip_l.safetensors"]}
+    for path in (p for paths in files.values() for p in paths):
+        path.write_bytes(b"")
+    stand_in = rw.dit_stand_in("sd35", files, tmp_path / "models")
+    _, api = wi.committed("scsa_sd35")
+    ckpt = next(node_id for node_id, node in api.items() if node["class_type"] == "CheckpointLoaderSimple")
+    stand_in.rewrite(api)
+    assert api[ckpt] == {"class_type": "TinyRandomDiT", "inputs": {"variant": "sd35", "seed": 0},
+                         "_meta": {"title": "Load Checkpoint"}}
+    clip, vae = api[f"{ckpt}_standin_clip"], api[f"{ckpt}_standin_vae"]
+    assert (clip["class_type"], clip["inputs"]) == ("CLIPLoader", {"clip_name": "clip_l.safetensors",
+                                                                   "type": "stable_diffusion"})
+    assert (vae["class_type"], vae["inputs"]) == ("VAELoader", {"vae_name": "vae.safetensors"})
+    sources = [value for node in api.values() for value in node["inputs"].values() if isinstance(value, list)]
+    assert [ckpt, 0] in sources and [f"{ckpt}_standin_clip", 0] in sources and [f"{ckpt}_standin_vae", 0] in sources
+    assert not any(value[0] == ckpt and value[1] != 0 for value in sources)
+    assert (tmp_path / "models" / "vae" / "vae.safetensors").is_symlink()
+
+
 def test_saved_latents_tell_runs_apart(server, tiny_checkpoint, pair, tmp_path):
     """--save-latents: mirroring the style map changes the sampled latent, which is how runs on
     random weights (nearly flat 8-bit images) are compared."""

@@ -99,15 +99,16 @@ FEEDFORWARD_TEST_SIZE = 128
 FEEDFORWARD_NODES = ("SCSASANetStylize", "SCSAStyTr2Stylize")
 
 
-def for_test_api(api: dict, checkpoint: str, steps: int = STEPS, flux_stand_ins: dict | None = None) -> dict:
-    """A copy of an API prompt with the test checkpoint (or, for a Flux graph, the runner's
-    stand-ins, when the ``flux_stand_ins`` fixture is given), few steps and a small working size."""
+def for_test_api(api: dict, checkpoint: str, steps: int = STEPS, dit_stand_ins: dict | None = None) -> dict:
+    """A copy of an API prompt with few steps, a small working size and the test checkpoint; a DiT
+    graph (``run_workflow.dit_variant``: Flux, Qwen-Image, Z-Image, an SD3.5 checkpoint) keeps its
+    file names, or, when the ``dit_stand_ins`` fixture is given, gets the runner's stand-ins."""
     api = copy.deepcopy(api)
-    variant = run_workflow.flux_variant(run_workflow.workflow_loaders(api))
-    if variant is not None and flux_stand_ins is not None:
-        flux_stand_ins[variant].rewrite(api)
+    variant = run_workflow.dit_variant(run_workflow.workflow_loaders(api))
+    if variant is not None and dit_stand_ins is not None:
+        dit_stand_ins[variant].rewrite(api)
     for node in api.values():
-        if node["class_type"] == "CheckpointLoaderSimple":
+        if node["class_type"] == "CheckpointLoaderSimple" and variant is None:
             node["inputs"]["ckpt_name"] = checkpoint
         if node["class_type"] == "SCSAInvert":
             node["inputs"]["steps"] = steps
@@ -117,16 +118,43 @@ def for_test_api(api: dict, checkpoint: str, steps: int = STEPS, flux_stand_ins:
 
 
 def for_test_ui(ui: dict, defs: dict, checkpoint: str, steps: int = STEPS) -> dict:
-    """The same for a UI workflow (set by widget name)."""
+    """The same for a UI workflow (set by widget name); a DiT graph keeps its file names."""
     ui = copy.deepcopy(ui)
-    for node_id in wf.nodes_of_type(ui, "CheckpointLoaderSimple"):
-        wf.set_widget(ui, defs, node_id, "ckpt_name", checkpoint)
+    if run_workflow.dit_variant(run_workflow.workflow_loaders(ui)) is None:
+        for node_id in wf.nodes_of_type(ui, "CheckpointLoaderSimple"):
+            wf.set_widget(ui, defs, node_id, "ckpt_name", checkpoint)
     for node_id in wf.nodes_of_type(ui, "SCSAInvert"):
         wf.set_widget(ui, defs, node_id, "steps", steps)
     for node_type in FEEDFORWARD_NODES:
         for node_id in wf.nodes_of_type(ui, node_type):
             wf.set_widget(ui, defs, node_id, "size", FEEDFORWARD_TEST_SIZE)
     return ui
+
+
+def expected_failure(name: str, comfyui_dir: Path) -> str | None:
+    """The error an example workflow must stop with on this ComfyUI, where its family cannot run
+    there; None where it must run. Z-Image: SCSA reaches it only through the attention override,
+    which learns the block from ComfyUI's ``transformer_options["block_index"]``; ComfyUI 0.3.75's
+    NextDiT publishes none, so SCSA raises InjectionLost at the first sampling step (not a silent
+    run without style)."""
+    if name == "scsa_z_image" and \
+            "block_index" not in (Path(comfyui_dir) / "comfy" / "ldm" / "lumina" / "model.py").read_text(encoding="utf-8"):
+        return "SCSA injected nothing in this sampling step"
+    return None
+
+
+def execution_error(entry: dict) -> dict:
+    """The execution_error message of a failed prompt's /history entry ({} if none)."""
+    return next((data for kind, data in entry["status"].get("messages", []) if kind == "execution_error"), {})
+
+
+def check_expected_failure(entry: dict, failure: str) -> None:
+    """The prompt failed in SCSAStyleSampler with SCSA's InjectionLost saying ``failure``."""
+    assert entry["status"]["status_str"] == "error", json.dumps(entry["status"], indent=1)[:3000]
+    error = execution_error(entry)
+    assert error.get("node_type") == "SCSAStyleSampler", error
+    assert error.get("exception_type", "").endswith("InjectionLost"), error
+    assert failure in error.get("exception_message", ""), error
 
 
 # ---------------------------------------------------------------------------------- checks

@@ -2,9 +2,11 @@
 scripts/comfyui_runtime.py starts with ``stand_ins=True`` (the runner's random-weight fallback,
 the tests), never by an artist's ComfyUI (the pack's own ``__init__.py`` does not import it).
 
-TinyRandomFlux stands in for Load Diffusion Model on a Flux workflow: ComfyUI 0.3.75's model
-detection fixes Flux's width at 3072, so no tiny Flux *file* loads there, while a model built
-from ComfyUI's own classes runs on every supported version.
+TinyRandomDiT stands in for Load Diffusion Model (or an SD3.5 Load Checkpoint) on a DiT workflow:
+Flux.1, Flux.2, Qwen-Image, Z-Image, SD3.5 (``variant``). ComfyUI's model detection fixes some of
+these models' widths (0.3.75: Flux at 3072), so no tiny *file* loads through the real loaders on
+every version, while a model built from ComfyUI's own classes (scripts/tiny_models.py,
+``build_tiny_dit_patcher``) does.
 """
 from __future__ import annotations
 
@@ -26,13 +28,14 @@ def _tiny_models():
     return sys.modules[name]
 
 
-class TinyRandomFlux:
-    """A Flux.1 or Flux.2 transformer with seeded RANDOM weights (width 256, 2 double and 3
-    single blocks; scripts/tiny_models.py). Its output is noise: it only shows that a graph runs."""
+class TinyRandomDiT:
+    """A DiT transformer of the given family with seeded RANDOM weights (a few blocks, the real
+    models' head sizes, CLIP-L's text width; scripts/tiny_models.py). Its output is noise: it only
+    shows that a graph runs."""
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"variant": (["flux1", "flux2"],),
+        return {"required": {"variant": (list(_tiny_models().DIT_VARIANTS),),
                              "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1})}}
 
     RETURN_TYPES = ("MODEL",)
@@ -40,8 +43,12 @@ class TinyRandomFlux:
     CATEGORY = "SCSA/stand-ins (random weights)"
 
     def build(self, variant, seed):
-        return (_tiny_models().build_tiny_flux_patcher(variant, seed, stand_in=True),)
+        tiny_models = _tiny_models()
+        try:
+            return (tiny_models.build_tiny_dit_patcher(variant, seed, stand_in=True),)
+        except tiny_models.VariantUnavailable as e:
+            raise RuntimeError(f"this ComfyUI cannot build the random-weight {variant} stand-in: {e}") from e
 
 
-NODE_CLASS_MAPPINGS = {"TinyRandomFlux": TinyRandomFlux}
-NODE_DISPLAY_NAME_MAPPINGS = {"TinyRandomFlux": "Tiny RANDOM Flux (stand-in, not real weights)"}
+NODE_CLASS_MAPPINGS = {"TinyRandomDiT": TinyRandomDiT}
+NODE_DISPLAY_NAME_MAPPINGS = {"TinyRandomDiT": "Tiny RANDOM DiT (stand-in, not real weights)"}
