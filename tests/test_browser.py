@@ -260,8 +260,8 @@ def test_workflow_loads_converts_and_runs_in_the_frontend(page, comfy_server, co
     _screenshot(page, name, tmp_path, ui_file, defs)
 
 
-# SCSAApply's inputs added after workflows were first saved (issue 13: when injection acts; issue 17:
-# rope_mode for DiTs).
+# SCSAApply's inputs added after workflows were first saved (README: *When injection acts*; rope_mode
+# for DiTs: *DiT models*).
 ADDED_APPLY_WIDGETS = ("start", "end", "strength_schedule", "rope_mode")
 
 

@@ -516,8 +516,8 @@ def test_converter_names_the_node_when_widgets_do_not_fit():
         wf.ui_to_api({"nodes": [{"id": 1, "type": "Gone", "mode": 0}], "links": []}, DEFS)
 
 
-# SCSAApply's inputs added after workflows were first saved (issue 13: when injection acts; issue 17:
-# rope_mode for DiTs).
+# SCSAApply's inputs added after workflows were first saved (README: *When injection acts*; rope_mode
+# for DiTs: *DiT models*).
 ADDED_APPLY_WIDGETS = ("start", "end", "strength_schedule", "rope_mode")
 APPLY_WORKFLOWS = [n for n in wi.WORKFLOWS if wf.nodes_of_type(wi.committed(n)[0], "SCSAApply")]
 
