@@ -13,13 +13,13 @@ import torch
 
 from comfy_api.latest import io
 
-from ..scsa_core.block import PRESETS, SCSAParams
+from ..scsa_core.block import SCSAParams
+from ..scsa_core.presets import PRESETS
 from ..scsa_core.rope import ROPE_MODES
 from ..scsa_core.schedules import STRENGTH_SCHEDULES, TIMESTEP_MODES, InjectionTiming
 from .families import family_of
 from .injection import SETTINGS_KEY, ApplySettings, StyleIDParams
-from ..scsa_core.features import MAP_OF, STREAMS, STYLE_IMAGES
-from ..scsa_core.labels import MAX_STYLES
+from ..scsa_core.styles import MAP_OF, STREAMS, STYLE_IMAGES, STYLE_NUMBERS, numbered
 from .pipeline import INIT_MODES, STORAGE_MODES, invert, style_sample
 from .style_reuse import MISSING_MAP_KEY, saved_style_of
 from .semantic_nodes import CATEGORY, Semantics
@@ -44,11 +44,6 @@ def _latent(latent: dict | None, name: str) -> torch.Tensor | None:
         raise ValueError(f"{name}: has a batch of {samples.shape[0]} images; SCSAInvert takes one image per "
                          "input. Use 'Latent From Batch' to pick one.")
     return samples
-
-
-def _inverted_input(number: int) -> str:
-    """SCSAInvert's input for style image ``number``'s saved inversion."""
-    return "inverted_style" if number == 1 else f"inverted_style_{number}"
 
 
 class SCSAInvert(io.ComfyNode):
@@ -87,26 +82,26 @@ class SCSAInvert(io.ComfyNode):
                                        "auto: memory if it fits easily, else offload, else recompute. All give "
                                        "the same image."),
                 # Appended, optional: saved workflows keep their inputs and their image.
-                *[input_ for number in range(2, MAX_STYLES + 1) for input_ in (
-                    io.Latent.Input(f"style_{number}", optional=True,
+                *[input_ for number in STYLE_NUMBERS[1:] for input_ in (
+                    io.Latent.Input(numbered("style", number), optional=True,
                                     tooltip=f"Style image {number} (VAE-encoded), for several styles by region: "
                                             "a content region takes its style from every style image whose "
                                             "map has that region's colour. Give SCSASemanticPair its map as "
-                                            f"style_map_{number}."),
-                    io.Latent.Input(f"style_map_{number}", optional=True,
+                                            f"{numbered('style_map', number)}."),
+                    io.Latent.Input(numbered("style_map", number), optional=True,
                                     tooltip=f"VAE-encoded semantic map of style image {number}."))],
                 io.Int.Input("refine_steps", default=0, min=0, max=10, optional=True,
                              tooltip="DiTs (flow models: Flux, Qwen-Image, Z-Image, SD3.5; experimental): fixed-point refinements per inversion "
                                      "step, so that sampling retraces the inversion more exactly. Each costs "
                                      "one more model call per step. UNet models ignore it (DDIM inversion)."),
-                *[StyleInversion.Input(_inverted_input(number), optional=True,
+                *[StyleInversion.Input(numbered("inverted_style", number), optional=True,
                                        tooltip=f"Style image {number}'s inversion from Load Style Inversion (SCSA), "
                                                f"instead of its latents: it is not inverted again (checked against "
                                                f"this model first)." if number > 1 else
                                                "The style's inversion from Load Style Inversion (SCSA), instead of "
                                                "the style and style_map latents: it is not inverted again (checked "
                                                "against this model first).")
-                  for number in range(1, MAX_STYLES + 1)],
+                  for number in STYLE_NUMBERS],
             ],
             outputs=[Inversion.Output("inversion", display_name="inversion")],
         )
@@ -118,13 +113,13 @@ class SCSAInvert(io.ComfyNode):
                  **more_styles}
         latents = {name: _latent(given.get(name), name) for name in STREAMS}
         inverted = {}
-        for number, name in enumerate(STYLE_IMAGES, start=1):
-            style_inversion = given.get(_inverted_input(number))
+        for number, name in zip(STYLE_NUMBERS, STYLE_IMAGES):
+            style_inversion = given.get(numbered("inverted_style", number))
             if style_inversion is None:
                 continue
             if latents[name] is not None:
-                raise ValueError(f"{name} / {_inverted_input(number)}: connect the style's latent or its inversion "
-                                 "from Load Style Inversion, not both.")
+                raise ValueError(f"{name} / {numbered('inverted_style', number)}: connect the style's latent or its "
+                                 "inversion from Load Style Inversion, not both.")
             inverted[name] = style_inversion
             latents[name] = style_inversion.latent
             latents[MAP_OF[name]] = style_inversion.map_latent if latents[MAP_OF[name]] is None \
@@ -134,10 +129,10 @@ class SCSAInvert(io.ComfyNode):
                              "Inversion (SCSA).")
         if (latents["content_map"] is None) != (latents["style_map"] is None):
             raise ValueError("content_map / style_map: connect both semantic map latents, or neither (StyleID).")
-        for number in range(2, MAX_STYLES):
-            if latents[f"style_{number}"] is None and latents[f"style_{number + 1}"] is not None:
-                raise ValueError(f"style_{number + 1}: connected while style_{number} is not. Connect the "
-                                 "style images in order (style, style_2, style_3, style_4).")
+        for before, image in zip(STYLE_IMAGES[1:], STYLE_IMAGES[2:]):
+            if latents[before] is None and latents[image] is not None:
+                raise ValueError(f"{image}: connected while {before} is not. Connect the style images in order "
+                                 f"({', '.join(STYLE_IMAGES)}).")
         saved = {name: attached for name in STYLE_IMAGES
                  if (attached := saved_style_of(given.get(name), latents[name], latents[MAP_OF[name]], name))}
         saved.update(inverted)

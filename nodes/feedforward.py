@@ -29,9 +29,10 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..scsa_core.feedforward import (PRESETS, SCSAWeights, WeightsError, build_model, parts_from_combined,
-                                     parts_from_files, stylize, working_size)
+from ..scsa_core.feedforward import (SCSAWeights, WeightsError, build_model, parts_from_combined, parts_from_files,
+                                     stylize, working_size)
 from ..scsa_core.feedforward.stylize import OUTPUT_SIZES, progress_total
+from ..scsa_core.presets import PRESETS
 from .model_folders import register_model_folder
 from .safetensors_file import SAFETENSORS_EXTENSIONS, SafetensorsFileError, check_before_loading
 from .semantic_nodes import Semantics

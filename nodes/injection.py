@@ -43,9 +43,11 @@ from ..scsa_core.block import (SCSAParams, inject, project_references, reference
                                styleid_terms)
 from ..scsa_core.joint_attention import JointReferences, scsa_joint_attention
 from ..scsa_core.rope import shift_keys
-from ..scsa_core.features import MAP_OF, STYLE_IMAGES, FeatureBank
+from ..scsa_core.features import FeatureBank
 from ..scsa_core.labels import SemanticLabels
+from ..scsa_core.presets import label_resampling
 from ..scsa_core.schedules import InjectionTiming
+from ..scsa_core.styles import MAP_OF, STYLE_IMAGES
 
 RUN_KEY = "scsa_run"
 
@@ -94,10 +96,11 @@ def grid_labels(semantics: SemanticLabels, params: SCSAParams, height: int, widt
     grid, side by side as the keys are (``int64 [sum h_s * w_s]``); ``style_grids``: one
     ``(h, w)`` per style image (default: the content grid for each).
 
-    ``official`` resizes the colour maps bilinearly and snaps to the palette (the official
-    code's downsampling); ``default`` takes the majority label of each cell.
+    The preset decides how (``scsa_core.presets.label_resampling``): ``official`` resizes the
+    colour maps bilinearly and snaps to the palette (the official code's downsampling);
+    ``default`` takes the majority label of each cell.
     """
-    mode = "official" if params.preset == "official" else "majority"
+    mode = label_resampling(params.preset)
     grids = list(style_grids) if style_grids is not None else [(height, width)] * semantics.num_styles
     check_style_count(semantics, len(grids))
     content = semantics.content_labels_at(height, width, mode)

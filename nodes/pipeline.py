@@ -31,7 +31,8 @@ import comfy.sample
 import comfy.utils
 
 from ..scsa_core.adain import adain, semantic_adain
-from ..scsa_core.features import MAP_OF, STREAMS, STYLE_IMAGES, FeatureBank
+from ..scsa_core.features import FeatureBank
+from ..scsa_core.styles import MAP_OF, STREAMS, STYLE_IMAGES
 from .families import family_names, family_of
 from .injection import ApplySettings, InjectRun, RecordRun, apply_settings, check_style_count, grid_labels
 from .sampling import preview_reporter, run_sampler
@@ -49,7 +50,7 @@ class SCSAInversion:
     """What SCSAInvert hands to SCSAStyleSampler (read-only once built)."""
     bank: FeatureBank         # recorded block inputs; empty with recompute storage
     trajectory: dict          # step key -> {stream: [1, C, h, w]} latents in the model's scaled space
-    streams: tuple            # the inverted streams, from scsa_core.features.STREAMS
+    streams: tuple            # the inverted streams, from scsa_core.styles.STREAMS
     batches: tuple            # the streams grouped by size (content's first): recompute's sampling batches
     steps: int
     blocks: frozenset         # ComfyUI keys (name, number, index) where features were recorded
@@ -225,7 +226,7 @@ def invert(model_patcher, conditioning, latents: dict[str, torch.Tensor | None],
            blocks: str = "auto", storage: str = "auto", saved_styles: dict | None = None,
            cache: StyleCache | None = STYLE_CACHE, refine_steps: int = 0) -> SCSAInversion:
     """DDIM-invert the connected ``latents`` (stream -> ``[1, C, H, W]`` or None; up to four
-    style images, ``scsa_core.features.STREAMS``) and record the block inputs that injection
+    style images, ``scsa_core.styles.STREAMS``) and record the block inputs that injection
     needs, at ``blocks`` (``"auto"`` or e.g. ``"output 6-11"``).
 
     Latents of one size go in one batch; sizes may differ (each map must match its own image).

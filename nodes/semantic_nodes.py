@@ -20,8 +20,8 @@ import folder_paths
 import node_helpers
 from comfy_api.latest import io, ui
 
-from ..scsa_core.labels import (MAX_STYLES, SemanticLabels, label_preview, labels_from_color_map_set,
-                                labels_from_color_maps, labels_from_mask_set)
+from ..scsa_core.labels import SemanticLabels, label_preview, labels_from_color_maps, labels_from_masks
+from ..scsa_core.styles import STYLE_NUMBERS, numbered
 from .validation import map_file_error, name_the_maps
 
 CATEGORY = "SCSA"
@@ -204,16 +204,16 @@ def parse_palette(text: str) -> list[list[int]] | None:
     return colours
 
 
-def _more_style_names(prefix: str) -> list[str]:
+def _more_style_names(name: str) -> list[str]:
     """``style_map_2`` .. ``style_map_4`` (or ``style_masks_2`` ..): the inputs of styles 2.."""
-    return [f"{prefix}_{number}" for number in range(2, MAX_STYLES + 1)]
+    return [numbered(name, number) for number in STYLE_NUMBERS[1:]]
 
 
-STYLE_MAP_INPUTS = [io.Image.Input(name, optional=True,
-                                   tooltip=f"Semantic map of style image {name[-1]} (several styles by region: "
+STYLE_MAP_INPUTS = [io.Image.Input(numbered("style_map", number), optional=True,
+                                   tooltip=f"Semantic map of style image {number} (several styles by region: "
                                            "a content region takes its style from every style whose map has "
                                            "its colour). Connect the style images to SCSAInvert in the same order.")
-                    for name in _more_style_names("style_map")]
+                    for number in STYLE_NUMBERS[1:]]
 SOURCES_INPUT = io.String.Input(
     "sources", default="", optional=True, multiline=False,
     tooltip="Optional, with several styles: which style(s) a region takes its style from, instead of every "
@@ -267,9 +267,9 @@ class SCSASemanticPair(io.ComfyNode):
                      if more_maps.get(name) is not None})
 
         def label_maps(content_rgb, *style_rgbs):
-            return labels_from_color_map_set(content_rgb, list(style_rgbs), max_labels=max_labels,
-                                             min_area_fraction=min_region / 100.0,
-                                             merge_distance=merge_distance, palette=parse_palette(palette))
+            return labels_from_color_maps(content_rgb, *style_rgbs, max_labels=max_labels,
+                                          min_area_fraction=min_region / 100.0,
+                                          merge_distance=merge_distance, palette=parse_palette(palette))
         try:
             semantics = label_maps(*maps.values())
         except ValueError as error:
@@ -291,10 +291,10 @@ class SCSASemanticFromMasks(io.ComfyNode):
                     io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01, optional=True,
                                    tooltip="A pixel belongs to the strongest mask at or above this value; "
                                            "pixels under every mask stay unlabelled."),
-                    *[io.Mask.Input(name, optional=True,
-                                    tooltip=f"The L masks over style image {name[-1]}, in the same order "
+                    *[io.Mask.Input(numbered("style_masks", number), optional=True,
+                                    tooltip=f"The L masks over style image {number}, in the same order "
                                             "(for several styles by region).")
-                      for name in _more_style_names("style_masks")],
+                      for number in STYLE_NUMBERS[1:]],
                     SOURCES_INPUT],
             outputs=[Semantics.Output("semantics", display_name="semantics"),
                      io.Image.Output("preview", display_name="preview")],
@@ -304,7 +304,7 @@ class SCSASemanticFromMasks(io.ComfyNode):
     def execute(cls, content_masks, style_masks, threshold=0.5, sources="", **more_masks):
         stacks = [style_masks] + [more_masks[name] for name in _more_style_names("style_masks")
                                   if more_masks.get(name) is not None]
-        semantics = _with_chosen_sources(labels_from_mask_set(content_masks, stacks, threshold=threshold), sources)
+        semantics = _with_chosen_sources(labels_from_masks(content_masks, *stacks, threshold=threshold), sources)
         preview = pair_preview(semantics)
         return io.NodeOutput(semantics, preview, ui=ui.PreviewImage(preview, cls=cls))
 

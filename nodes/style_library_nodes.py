@@ -20,7 +20,7 @@ import torch
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..scsa_core.labels import MAX_STYLES
+from ..scsa_core.styles import MAX_STYLES
 from .diffusion_nodes import Inversion, StyleInversion
 from .model_folders import register_model_folder
 from .semantic_nodes import CATEGORY, _image_to_rgb, _to_image

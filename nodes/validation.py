@@ -10,10 +10,10 @@ import logging
 
 import torch
 
-from ..scsa_core.features import MAP_OF, STYLE_IMAGES
+from ..scsa_core.labels import NotASemanticMap, map_size_note
+from ..scsa_core.styles import MAP_OF, STYLE_IMAGES
 
-__all__ = ["inversion_batches", "check_conditioning", "map_size_notes", "log_map_sizes", "map_file_error",
-           "name_the_maps"]
+__all__ = ["inversion_batches", "check_conditioning", "log_map_sizes", "map_file_error", "name_the_maps"]
 
 log = logging.getLogger("scsa")
 
@@ -79,52 +79,46 @@ def check_conditioning(conditioning, name: str = "conditioning") -> None:
                 "and SCSA use).")
 
 
-def map_size_notes(label_size: tuple[int, int], latent_size: tuple[int, int], what: str) -> str | None:
-    """A log line when a semantic map's labels (``label_size``, pixels) are not the size of the
-    image (``latent_size``, latent pixels): they are resampled to every attention grid."""
-    image = (latent_size[0] * 8, latent_size[1] * 8)
-    if tuple(label_size) == image:
-        return None
-    map_ratio, image_ratio = label_size[1] / label_size[0], image[1] / image[0]
-    note = (f"SCSA: the {what} semantic map is {label_size[1]}x{label_size[0]} px but the {what} image is "
-            f"about {image[1]}x{image[0]} px; its labels are resampled to each attention grid")
-    if abs(map_ratio / image_ratio - 1.0) > 0.02:
-        note += (f" and STRETCHED (aspect ratio {map_ratio:.2f} vs {image_ratio:.2f}): regions may not line "
-                 "up with the image; paint the map at the image's size")
-    return note + "."
-
-
 def log_map_sizes(semantics, content_latent: tuple, style_latent: tuple) -> list[str]:
-    """Log (and return) the notes of :func:`map_size_notes` for both maps of ``semantics``."""
-    notes = [map_size_notes(tuple(semantics.content.shape), tuple(content_latent[-2:]), "content"),
-             map_size_notes(tuple(semantics.style.shape), tuple(style_latent[-2:]), "style")]
-    notes = [note for note in notes if note]
-    for note in notes:
-        (log.warning if "STRETCHED" in note else log.info)(note)
-    return notes
+    """Log (and return) ``scsa_core.labels.map_size_note`` for both maps of ``semantics``
+    against their images (known from the latents, ``[..., h, w]``, to 8 pixels): a warning
+    when a map is stretched, else a line of information."""
+    texts = []
+    for labels, latent, side in ((semantics.content, content_latent, "content"),
+                                 (semantics.style, style_latent, "style")):
+        image = (latent[-2] * 8, latent[-1] * 8)
+        note = map_size_note(tuple(labels.shape), image, side, approximate=True)
+        if note is not None:
+            texts.append(f"SCSA: {note.text}")
+            (log.warning if note.stretched else log.info)(texts[-1])
+    return texts
 
 
 def map_file_error(filename: str, error: ValueError) -> ValueError:
     """A semantic-map error raised while loading one file, re-worded for that file."""
-    message = str(error).replace("in the content map ", "in this map ")
-    return ValueError(f'semantic map "{filename}": {message}')
+    if isinstance(error, NotASemanticMap):
+        error = error.seen_in("this map")
+    return ValueError(f'semantic map "{filename}": {error}')
 
 
 def name_the_maps(error: ValueError, maps: dict, label_maps) -> ValueError:
-    """A "not a semantic colour map" error of a map pair, prefixed with the input(s) at fault.
+    """A :class:`NotASemanticMap` of a map pair, prefixed with the input(s) at fault (any other
+    error is returned as it is).
 
     Palette discovery looks at both maps together, so some of its errors cannot say which map
     is a photo; labelling each map alone (``label_maps(rgb, rgb)``, only on this error path)
     finds out. ``maps``: input name -> ``uint8 [H, W, 3]``.
     """
-    if "does not look like a semantic colour map" not in str(error):
+    if not isinstance(error, NotASemanticMap):
         return error
     faulty = {}
     for name, rgb in maps.items():
         try:
             label_maps(rgb, rgb)
+        except NotASemanticMap as alone:
+            faulty[name] = str(alone.seen_in("this map"))
         except ValueError as alone:
-            faulty[name] = str(alone).replace("in the content map ", "in this map ")
+            faulty[name] = str(alone)
     if not faulty:
         return error
     message = next(iter(faulty.values())) if len(faulty) == 1 else str(error)

@@ -356,7 +356,7 @@ def main(argv=None) -> None:
     runtime.load_pack(REPO)
     pack = SimpleNamespace(**{name: pack_module(path) for name, path in (
         ("pipeline", "nodes/pipeline.py"), ("families", "nodes/families/__init__.py"),
-        ("diffusion_nodes", "nodes/diffusion_nodes.py"), ("labels", "scsa_core/labels.py"),
+        ("diffusion_nodes", "nodes/diffusion_nodes.py"), ("labels", "scsa_core/labels/__init__.py"),
         ("style_reuse", "nodes/style_reuse.py"))})
     with torch.inference_mode():
         if args.family:

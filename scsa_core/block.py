@@ -31,12 +31,11 @@ import torch
 from .adain import instance_normalize, semantic_adain
 from .attention import (LabelPairing, semantic_continuous_attention, semantic_sparse_attention,
                         styleid_attention)
+from .presets import check_preset
 
 __all__ = ["SCSAParams", "BlockLayers", "ReferenceInputs", "ReferenceProjections",
-           "ReferenceTerms", "PRESETS", "project_references", "reference_terms", "ssa_output", "fuse", "inject",
+           "ReferenceTerms", "project_references", "reference_terms", "ssa_output", "fuse", "inject",
            "scsa_block", "StyleIDTerms", "styleid_terms", "styleid_inject"]
-
-PRESETS = ("default", "official")
 
 Layer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,8 +51,7 @@ class SCSAParams:
     temperature: float = 1.2      # T: multiplies SCA logits (SSA's argmax ignores it)
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        check_preset(self.preset)
 
     @property
     def unmatched(self) -> str:

@@ -20,16 +20,9 @@ from typing import Hashable, Iterable
 import torch
 
 from .block import ReferenceInputs
+from .styles import MAP_OF, STREAMS, STYLE_IMAGES
 
-__all__ = ["STREAMS", "STYLE_IMAGES", "MAP_OF", "FeatureBank"]
-
-# Up to four style images, each with its semantic map: style k's streams are "style_k" and
-# "style_map_k" (style 1 keeps the plain names). The order is the order of an inversion batch.
-STYLE_IMAGES = ("style", "style_2", "style_3", "style_4")
-MAP_OF = {"content": "content_map", "style": "style_map", "style_2": "style_map_2", "style_3": "style_map_3",
-          "style_4": "style_map_4"}
-STREAMS = ("content", "style", "content_map", "style_map", "style_2", "style_map_2", "style_3", "style_map_3",
-           "style_4", "style_map_4")
+__all__ = ["FeatureBank"]
 
 
 class FeatureBank:

@@ -32,7 +32,7 @@ def _runs():
     import test_families as families_test  # its tiny SD1.5 / SD2 / SDXL builders
 
     nodes = inprocess.pack_module("nodes/diffusion_nodes.py")
-    labels = inprocess.pack_module("scsa_core/labels.py")
+    labels = inprocess.pack_module("scsa_core/labels/__init__.py")
     cache = inprocess.pack_module("nodes/style_reuse.py").STYLE_CACHE
     masks = torch.zeros(2, 64, 48)
     masks[0, :32], masks[1, 32:] = 1, 1

@@ -54,7 +54,7 @@ def _latents(variant, seed=4):
 
 def _semantics():
     """Content: label 0 on the top half, 1 on the bottom; the style the other way round."""
-    labels = pack_module("scsa_core/labels.py")
+    labels = pack_module("scsa_core/labels/__init__.py")
     masks = torch.zeros(2, 64, 48)
     masks[0, :32], masks[1, 32:] = 1, 1
     return labels.labels_from_masks(masks, masks.flip(1), threshold=0.5)

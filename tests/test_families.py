@@ -5,6 +5,8 @@ SD-family layouts at a small width, randomly initialised; nodes are called direc
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -63,11 +65,36 @@ EXPECTED_AUTO = {
 }
 
 
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("latent_size", [(9, 13), (7, 5), (16, 12)])
+def test_token_grid_is_the_grid_attention_runs_at(family, latent_size, comfy):
+    """The family's token grid of every self-attention block is the one the UNet runs it at, odd
+    latent sizes included (each stride-2 convolution rounds up: 9 x 13 -> 5 x 7 -> 3 x 4)."""
+    families = pack_module("nodes/families/__init__.py")
+    patcher = _patcher(family)
+    unet = families.family_of(patcher)
+    seen = {}
+
+    def tokens(key):   # a pre-hook that returns None leaves the call as it is
+        return lambda module, args: seen.update({key: args[0].shape[1]})
+    hooks = [unet.transformer_block(key).attn1.register_forward_pre_hook(tokens(key))
+             for key in unet.attention_blocks()]
+    context = _conditioning(family)[0][0]
+    try:
+        with torch.inference_mode():
+            patcher.model.diffusion_model(torch.zeros(1, 4, *latent_size), torch.tensor([10.0]), context,
+                                          y=torch.zeros(1, 2816) if family == "sdxl" else None)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == {key: math.prod(unet.token_grid(key, latent_size)) for key in unet.attention_blocks()}
+
+
 @pytest.mark.parametrize("family", ["sd15", "sd2", "sdxl"])
 def test_family_auto_blocks_and_full_run(family, comfy):
     diffusion_nodes = pack_module("nodes/diffusion_nodes.py")
     families = pack_module("nodes/families/__init__.py")
-    labels = pack_module("scsa_core/labels.py")
+    labels = pack_module("scsa_core/labels/__init__.py")
     patcher = _patcher(family)
     if family == "sd2":
         import comfy.model_base
@@ -102,7 +129,7 @@ def test_family_recompute_injects_what_memory_storage_does(family, comfy):
     an SSA choice between near-equal style tokens of these random models (seen on SDXL: 1.1e-5),
     and that would say nothing about the features."""
     diffusion_nodes = pack_module("nodes/diffusion_nodes.py")
-    labels = pack_module("scsa_core/labels.py")
+    labels = pack_module("scsa_core/labels/__init__.py")
     dtype = torch.float64
     patcher = _patcher(family, dtype)
     g = torch.Generator().manual_seed(4)

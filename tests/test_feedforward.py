@@ -18,7 +18,7 @@ from scsa_core.attention import pair_labels
 from scsa_core.feedforward import (SCSAWeights, WeightsError, build_model, combine_parts, identify_part,
                                    parts_from_combined, parts_from_files, stylize, working_size)
 from scsa_core.feedforward.weights import check_part, part_key_shapes
-from scsa_core.labels import SemanticLabels, labels_from_masks
+from scsa_core.labels import SemanticLabels, labels_from_masks, map_size_note
 
 VARIANTS = ("sanet", "stytr2")
 
@@ -216,6 +216,17 @@ def test_no_nan_for_any_label_layout(models, variant, layout):
         assert int((semantics.content == 1).sum()) == 1 and int((semantics.style == 1).sum()) == 1
     falls_back = layout in ("content label missing in style", "unlabelled content pixels", "no label at all in content")
     assert any("whole style" in note for note in result.notes) == falls_back, result.notes
+
+
+def test_only_a_stretched_map_is_noted(models):
+    """A map of another size is resampled like its image, silently; one of another aspect ratio
+    is stretched onto it, and the notes say so (the map-size note the diffusion path logs)."""
+    content, style = _random_image(48, 64, 1), _random_image(48, 64, 2)
+    smaller = stylize(models["sanet"], content, style, _semantics((24, 32), (48, 64)), size=64)
+    assert not any("semantic map" in note for note in smaller.notes), smaller.notes
+    square = stylize(models["sanet"], content, style, _semantics((48, 48), (48, 64)), size=64)
+    note = map_size_note((48, 48), (48, 64), "content")
+    assert note.stretched and [n for n in square.notes if "semantic map" in n] == [note.text]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

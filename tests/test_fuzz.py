@@ -2,8 +2,9 @@
 
 Random colour maps and masks, random grids and random label layouts never crash (a
 ``ValueError`` with a message is the only accepted refusal) and never produce NaN or inf:
-``labels_from_color_maps`` -> ``labels_at`` / ``resample_labels`` -> ``pair_labels`` ->
-``semantic_adain`` / SCA / SSA / a whole ``scsa_block`` on grids of different sizes. Pure
+``labels_from_color_maps`` -> ``content_labels_at`` / ``style_labels_at`` / ``resample_labels``
+-> ``pair_labels`` -> ``semantic_adain`` / SCA / SSA / a whole ``scsa_block`` on grids of
+different sizes. Pure
 ``scsa_core``: no ComfyUI. Bounded and derandomised, so it runs in seconds and every CI run
 sees the same examples.
 """
@@ -21,6 +22,7 @@ from scsa_core.adain import semantic_adain
 from scsa_core.attention import pair_labels, semantic_continuous_attention, semantic_sparse_attention
 from scsa_core.block import BlockLayers, ReferenceInputs, SCSAParams, scsa_block
 from scsa_core.labels import RESAMPLE_MODES, labels_from_color_maps, labels_from_masks, resample_labels
+from scsa_core.presets import label_resampling
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -125,7 +127,7 @@ def semantic_pairs(draw):
 @FUZZ
 @given(labels=semantic_pairs(), height=sizes, width=sizes, mode=st.sampled_from(RESAMPLE_MODES))
 def test_labels_at_any_grid(labels, height, width, mode):
-    content, style = labels.labels_at(height, width, mode)
+    content, style = labels.content_labels_at(height, width, mode), labels.style_labels_at(0, height, width, mode)
     for grid in (content, style):
         assert tuple(grid.shape) == (height, width)
         assert int(grid.min()) >= -1 and int(grid.max()) < labels.num_labels
@@ -145,8 +147,8 @@ def _features(seed: int, tokens: int, channels: int, scale: float, constant: boo
        seed=st.integers(0, 1000), scale=st.sampled_from([1e-3, 1.0, 1e3]), constant=st.booleans(),
        dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_semantic_adain_is_finite(labels, grid, style_grid, seed, scale, constant, dtype):
-    content_labels = labels.labels_at(*grid)[0].flatten()
-    style_labels = labels.labels_at(*style_grid)[1].flatten()
+    content_labels = labels.content_labels_at(*grid).flatten()
+    style_labels = labels.style_labels_at(0, *style_grid).flatten()
     content = _features(seed, content_labels.numel(), 8, scale, constant).to(dtype)
     style = _features(seed + 1, style_labels.numel(), 8, scale, False).to(dtype)
     out = semantic_adain(content, style, content_labels, style_labels)
@@ -199,9 +201,9 @@ def _layers(channels: int, seed: int) -> BlockLayers:
        preset=st.sampled_from(["default", "official"]), semantic_share=st.sampled_from([0.0, 0.3, 1.0]))
 def test_scsa_block_on_grids_of_different_sizes_is_finite(labels, grid, style_grid, seed, preset, semantic_share):
     channels, heads = 8, 2
-    mode = "official" if preset == "official" else "majority"
-    content_labels = labels.labels_at(*grid, mode)[0].flatten()
-    style_labels = labels.labels_at(*style_grid, mode)[1].flatten()
+    mode = label_resampling(preset)
+    content_labels = labels.content_labels_at(*grid, mode).flatten()
+    style_labels = labels.style_labels_at(0, *style_grid, mode).flatten()
     n, m = content_labels.numel(), style_labels.numel()
     g = torch.Generator().manual_seed(seed)
     refs = ReferenceInputs(content=torch.randn(1, n, channels, generator=g), style=torch.randn(1, m, channels, generator=g),

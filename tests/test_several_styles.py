@@ -1,5 +1,6 @@
-"""Several style images by region (issue 13 section 1): the labels, the attention over the union
-of styles, the nodes inside a real ComfyUI, and the two-styles example workflow."""
+"""Several style images by region (README, *Several style images*; docs/method.md §11): the labels,
+the attention over the union of styles, the nodes inside a real ComfyUI, and the two-styles
+example workflow."""
 from __future__ import annotations
 
 import os
@@ -13,8 +14,7 @@ from scripts import make_example_inputs as examples
 from scripts.comfy_inprocess import PromptError, pack_module
 from scsa_core.adain import region_mean_std, semantic_adain
 from scsa_core.attention import pair_labels, semantic_continuous_attention, semantic_sparse_attention
-from scsa_core.labels import (label_color_maps, labels_from_color_map_set, labels_from_color_maps,
-                              labels_from_mask_set)
+from scsa_core.labels import label_color_maps, labels_from_color_maps, labels_from_masks
 
 SIZE = 64
 STEPS = 4
@@ -62,7 +62,7 @@ def test_one_style_map_labels_exactly_as_a_pair(three_maps):
 
 def test_labels_are_found_jointly_over_every_map(three_maps):
     content, style_1, style_2 = three_maps
-    semantics = labels_from_color_map_set(content, [style_1, style_2])
+    semantics = labels_from_color_maps(content, style_1, style_2)
     assert semantics.num_styles == 2 and semantics.num_labels == 4
     sun, sky = _label(semantics, SUN), _label(semantics, SKY)
     lends = semantics.lends
@@ -77,10 +77,10 @@ def test_masks_label_several_styles_in_the_same_order():
     content[0, :4], content[1, 4:] = 1, 1
     style_1, style_2 = content.clone(), torch.zeros(2, 6, 6)
     style_2[1] = 1
-    semantics = labels_from_mask_set(content, [style_1, style_2])
+    semantics = labels_from_masks(content, style_1, style_2)
     assert semantics.num_styles == 2 and semantics.lends.tolist() == [[True, True], [False, True]]
     with pytest.raises(ValueError, match="style 2 need the same number of masks"):
-        labels_from_mask_set(content, [style_1, torch.zeros(3, 6, 6)])
+        labels_from_masks(content, style_1, torch.zeros(3, 6, 6))
 
 
 # ---------------------------------------------------------------- attention over the union
@@ -98,7 +98,7 @@ def _features(count, channels=16, seed=0):
 @pytest.mark.parametrize("chosen", [None, "sky from style 2"])
 def test_a_token_attends_only_to_same_label_tokens_of_the_styles_that_lend_it(three_maps, chosen):
     content_rgb, style_1, style_2 = three_maps
-    semantics = labels_from_color_map_set(content_rgb, [style_1, style_2])
+    semantics = labels_from_color_maps(content_rgb, style_1, style_2)
     sky, meadow, mountains = (_label(semantics, c) for c in (SKY, MEADOW, MOUNTAINS))
     if chosen:
         sources = torch.ones(2, semantics.num_labels, dtype=torch.bool)
@@ -135,7 +135,7 @@ def test_a_token_attends_only_to_same_label_tokens_of_the_styles_that_lend_it(th
 
 def test_semantic_adain_takes_the_statistics_of_the_union_of_the_styles(three_maps):
     content_rgb, style_1, style_2 = three_maps
-    semantics = labels_from_color_map_set(content_rgb, [style_1, style_2])
+    semantics = labels_from_color_maps(content_rgb, style_1, style_2)
     grids = [style_1.shape[:2], style_2.shape[:2]]
     content_labels, style_labels = _union(semantics, grids)
     content, style = _features(len(content_labels), seed=4), _features(len(style_labels), seed=5) * 3 + 1
@@ -152,7 +152,7 @@ def test_extra_styles_cost_only_their_tokens(three_maps):
     """Every label group holds exactly the keys of that label over all styles: no padding, no
     dense content x styles mask, so a second style adds the work of its own tokens."""
     content_rgb, style_1, style_2 = three_maps
-    semantics = labels_from_color_map_set(content_rgb, [style_1, style_2])
+    semantics = labels_from_color_maps(content_rgb, style_1, style_2)
     grids = [style_1.shape[:2], style_2.shape[:2]]
     content_labels, style_labels = _union(semantics, grids)
     pairing = pair_labels(content_labels, style_labels)
@@ -280,7 +280,7 @@ def test_several_styles_mistakes_get_a_clear_error(comfy, tiny_checkpoint, two_s
 
 def test_the_feedforward_nodes_refuse_several_styles(comfy):
     feedforward = pack_module("nodes/feedforward.py")
-    semantics = labels_from_color_map_set(_map(8, 8, [(SKY, 8)]), [_map(8, 8, [(SKY, 8)])] * 2)
+    semantics = labels_from_color_maps(_map(8, 8, [(SKY, 8)]), *[_map(8, 8, [(SKY, 8)])] * 2)
     with pytest.raises(ValueError, match="feed-forward networks take one style image"):
         feedforward.run_stylize(None, None, None, semantics, "default", None, 256, "content")
 

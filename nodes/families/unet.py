@@ -97,8 +97,13 @@ class UNetFamily:
 
     def token_grid(self, key: BlockKey, latent_size: tuple[int, int]) -> tuple[int, int]:
         """The block's token grid for a latent of ``latent_size`` ``(h, w)``: a block with
-        ``model_channels * 2^k`` channels runs at the latent downsampled ``2^k`` times."""
-        level = max(0, round(math.log2(self.channels(key) / self.diffusion_model.model_channels)))
+        ``model_channels * 2^k`` channels runs at the latent downsampled ``2^k`` times; the middle
+        block at the deepest level (SD1.x's two deepest levels have the same width). Each stride-2
+        convolution rounds up, and the up path restores the same sizes."""
+        if key[0] == "middle":
+            level = len(self.diffusion_model.channel_mult) - 1
+        else:
+            level = max(0, round(math.log2(self.channels(key) / self.diffusion_model.model_channels)))
         return math.ceil(latent_size[0] / 2 ** level), math.ceil(latent_size[1] / 2 ** level)
 
     def auto_blocks(self) -> frozenset:

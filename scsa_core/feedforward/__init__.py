@@ -13,11 +13,11 @@ SCSA reuses the pack's S-AdaIN (``scsa_core.adain``) and label-grouped attention
 """
 from .common import SCSAWeights
 from .sanet import SANET_DEFAULT_WEIGHTS, SANetModel
-from .stylize import PRESETS, StylizeResult, stylize, working_size
+from .stylize import StylizeResult, stylize, working_size
 from .stytr2 import STYTR2_DEFAULT_WEIGHTS, StyTr2Model
 from .weights import (WeightsError, build_model, check_part, combine_parts, identify_part,
                       parts_from_combined, parts_from_files)
 
 __all__ = ["SCSAWeights", "SANetModel", "StyTr2Model", "SANET_DEFAULT_WEIGHTS", "STYTR2_DEFAULT_WEIGHTS",
-           "PRESETS", "StylizeResult", "stylize", "working_size", "WeightsError", "build_model",
+           "StylizeResult", "stylize", "working_size", "WeightsError", "build_model",
            "check_part", "combine_parts", "identify_part", "parts_from_combined", "parts_from_files"]

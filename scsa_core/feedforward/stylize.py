@@ -1,7 +1,7 @@
 """Images and semantics in, stylised image out: the feed-forward SCSA entry point.
 
-Presets (SCSA's own quirks that matter numerically are kept in both: the S-AdaIN target, the
-content map's position, the bias counted t1 + t2 times, unscaled SANet logits):
+Presets (``scsa_core.presets``; SCSA's own quirks that matter numerically are kept in both: the
+S-AdaIN target, the content map's position, the bias counted t1 + t2 times, unscaled SANet logits):
 - ``official``: what the official scripts do. Both images (and maps) are stretched to
   ``size x size`` (512 in the paper); labels at each grid come from an OpenCV-style bilinear
   resize of the colour maps snapped to the nearest palette colour
@@ -23,13 +23,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..labels import SemanticLabels, resample_color_map_official, resample_labels
+from ..labels import SemanticLabels, map_size_note
+from ..presets import check_preset, label_resampling
 from .common import MAX_GRID_TOKENS, SCSAWeights
 
-__all__ = ["PRESETS", "OUTPUT_SIZES", "StylizeResult", "stylize", "working_size", "resize_images",
+__all__ = ["OUTPUT_SIZES", "StylizeResult", "stylize", "working_size", "resize_images",
            "semantic_images", "progress_total"]
 
-PRESETS = ("default", "official")
 OUTPUT_SIZES = ("content", "working")
 UNLABELLED_GREY = 128   # colour the networks see for pixels no mask covers
 
@@ -49,8 +49,7 @@ def working_size(height: int, width: int, size: int, multiple: int, preset: str)
     ``default``: long side ``size``, aspect kept, each side rounded to the nearest ``multiple``
     (at least one multiple). E.g. 600 x 800 at 512 for SANet -> 384 x 512.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    check_preset(preset)
     if int(size) != size or size < multiple:
         raise ValueError(f"size must be a whole number of pixels >= {multiple}, got {size}")
     if height < 1 or width < 1:
@@ -120,23 +119,15 @@ class _GridLabels:
     cached per grid, and the fallbacks each grid needed (for the notes)."""
 
     def __init__(self, semantics: SemanticLabels, preset: str):
-        self.semantics, self.preset = semantics, preset
+        self.semantics, self.mode = semantics, label_resampling(preset)
         self.cache: dict = {}
         self.notes: list[str] = []
-
-    def _side(self, labels, colors, grid):
-        if self.preset == "official":
-            if colors is not None:
-                return resample_color_map_official(colors, self.semantics.palette, *grid)
-            return resample_labels(labels, *grid, mode="official", palette=self.semantics.palette)
-        return resample_labels(labels, *grid, mode="majority")
 
     def __call__(self, content_grid: tuple, style_grid: tuple):
         key = (tuple(content_grid), tuple(style_grid))
         if key not in self.cache:
-            s = self.semantics
-            content = self._side(s.content, s.content_colors, content_grid)
-            style = self._side(s.style, s.style_colors, style_grid)
+            content = self.semantics.content_labels_at(*content_grid, self.mode)
+            style = self.semantics.style_labels_at(0, *style_grid, self.mode)
             self.cache[key] = (content, style)
             self._note(content, style, content_grid)
         return self.cache[key]
@@ -157,16 +148,6 @@ class _GridLabels:
                               "style and take the global style statistics")
 
 
-def _map_note(label_shape, image_shape, side: str) -> str | None:
-    label_ratio = label_shape[1] / label_shape[0]
-    image_ratio = image_shape[1] / image_shape[0]
-    if abs(label_ratio / image_ratio - 1.0) > 0.02:
-        return (f"the {side} semantic map is {label_shape[1]}x{label_shape[0]} but the {side} image is "
-                f"{image_shape[1]}x{image_shape[0]}: the map is STRETCHED onto the image; paint it at the "
-                "image's aspect ratio")
-    return None
-
-
 def stylize(model, content: torch.Tensor, style: torch.Tensor, semantics: SemanticLabels | None = None,
             preset: str = "default", weights: SCSAWeights | None = None, size: int = 512,
             output_size: str = "content", progress: Callable[[], None] | None = None) -> StylizeResult:
@@ -182,8 +163,7 @@ def stylize(model, content: torch.Tensor, style: torch.Tensor, semantics: Semant
     stage (:func:`progress_total` times), e.g. to update a bar or to raise on cancel.
     Returns a :class:`StylizeResult` with ``float32 [B, H, W, 3]`` in [0, 1].
     """
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    check_preset(preset)
     if output_size not in OUTPUT_SIZES:
         raise ValueError(f"output_size must be one of {OUTPUT_SIZES}, got {output_size!r}")
     content = _check_images(content, "content")
@@ -215,9 +195,10 @@ def stylize(model, content: torch.Tensor, style: torch.Tensor, semantics: Semant
         content_sem, style_sem = (prepare(image.permute(0, 2, 3, 1), hw) for image, hw in
                                   zip(semantic_images(semantics), (content_hw, style_hw)))
         for labels, image, side in ((semantics.content, content, "content"), (semantics.style, style, "style")):
-            note = _map_note(tuple(labels.shape), tuple(image.shape[1:3]), side)
-            if note:
-                notes.append(note)
+            # A map of another size is resampled like its image; only a stretched one needs a word.
+            note = map_size_note(tuple(labels.shape), tuple(image.shape[1:3]), side)
+            if note is not None and note.stretched:
+                notes.append(note.text)
     outputs = []
     # One style for the whole batch: its features and the maps' are computed once.
     shared_cache: dict = {}
