@@ -1,4 +1,4 @@
-"""One SCSA attention call in an injected transformer block (spec section 4).
+"""One SCSA attention call in an injected transformer block (docs/method.md §7).
 
 The work splits in two, because half of it never reads the current latent:
 

@@ -2,7 +2,7 @@
 
 One entry per (timestep, block) holds the block input (before ``norm1``) of every inverted
 stream, one ``[1, N, C]`` tensor per stream. Everything SCSA and StyleID need can be recomputed
-from these with the block's own layers (spec section 1), so the bank stores inputs, not
+from these with the block's own layers (docs/method.md §6), so the bank stores inputs, not
 projections: a quarter of the memory of q/k/v per stream.
 
 Streams may be recorded together (one ``[S, N, C]`` batch) or in separate batches: the content
