@@ -70,13 +70,15 @@ from scripts import make_example_inputs as examples  # noqa: E402
 from scripts import make_workflows  # noqa: E402
 from scripts import tiny_models  # noqa: E402
 from scripts.workflow_format import WorkflowError, is_ui_workflow, ui_to_api  # noqa: E402
+from scsa_core.styles import MAP_OF, STREAMS, STYLE_IMAGES  # noqa: E402  (torch-free)
 
 DEFAULT_WORKFLOW = REPO_ROOT / "workflows" / "scsa_sd15_color_maps.json"
 DEFAULT_OUT = REPO_ROOT / "outputs"
 DEFAULT_JOB = "example"
 # Styles 2-4 for the several-styles workflows (scsa_two_styles): --style-2, --style-map-2, ...
-MORE_STYLE_ROLES = tuple(role for n in range(2, 5) for role in (f"style_{n}", f"style_map_{n}"))
-ROLES = ("content", "style", "content_map", "style_map") + MORE_STYLE_ROLES
+STYLE_ROLES = tuple(role for style in STYLE_IMAGES for role in (style, MAP_OF[style]))
+MORE_STYLE_ROLES = STYLE_ROLES[2:]
+ROLES = STREAMS
 # the file names the example workflows' loaders hold
 ROLE_FILES = dict(make_workflows.IMAGES)
 IMAGE_LOADERS = ("LoadImage", "SCSALoadSemanticMap")
@@ -324,15 +326,14 @@ def prepare_images(files: dict[str, Path], size: int | None, own_style_size: boo
 
     targets = dict.fromkeys(images, scaled(images["content"])) if "content" in images else {}
     if own_style_size:
-        for style in ("style",) + MORE_STYLE_ROLES[::2]:
+        for style in STYLE_IMAGES:
             if style in images:
-                map_role = "style_map" if style == "style" else style.replace("style_", "style_map_")
-                targets.update(dict.fromkeys((style, map_role), scaled(images[style])))
+                targets.update(dict.fromkeys((style, MAP_OF[style]), scaled(images[style])))
     out = {}
     for role, img in images.items():
         target = targets.get(role)
         if target and img.size != target:
-            img = img.resize(target, Image.NEAREST if role.endswith("map") else Image.LANCZOS)
+            img = img.resize(target, Image.NEAREST if role in MAP_OF.values() else Image.LANCZOS)
         buf = io.BytesIO()
         img.save(buf, "PNG")
         out[role] = buf.getvalue()
@@ -808,7 +809,7 @@ def run_job(client: Client, prompt: dict, roles: dict, name: str, files: dict, a
     download what it saved. ``uploaded`` (role -> uploaded name) is kept across the jobs of
     --contents, whose style images are the same for every content: they are sent once."""
     job_prompt = json.loads(json.dumps(prompt))
-    shared_roles = {role for role in files if a.contents and role.startswith("style")}
+    shared_roles = {role for role in files if a.contents and role in STYLE_ROLES}
     to_send = {r: p for r, p in files.items() if r in roles and not (r in shared_roles and r in uploaded)}
     for role, data in prepare_images(to_send, a.size, own_style_size=bool(a.contents)).items():
         # --contents: the one style goes up under one name, so ComfyUI keeps its loader's output too
