@@ -32,6 +32,7 @@ SCSAApply's choices reach the sampler as a ModelPatcher attachment (:data:`SETTI
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -51,9 +52,47 @@ from ..scsa_core.styles import MAP_OF, STYLE_IMAGES
 
 RUN_KEY = "scsa_run"
 
+log = logging.getLogger("scsa")
+
 
 class InjectionLost(RuntimeError):
-    """Sampling reached a step that should inject, and no injected block's attention reached SCSA."""
+    """Sampling reached a step that should inject, and an injected block's attention never reached SCSA."""
+
+
+SKIPPING_CACHES_KEY = "scsa_skipping_caches"
+
+
+def skipping_caches(model_patcher) -> tuple[str, ...]:
+    """The caches on ``model_patcher`` that may skip whole model calls or blocks (ComfyUI's EasyCache
+    and LazyCache, TeaCache, First Block Cache, ...): a skipped call never reaches SCSA's hooks.
+    Found by what they register: a holder in ``transformer_options`` (named by its ``name``),
+    wrappers, a model function wrapper or object patches whose key or function says "cache"."""
+    options = model_patcher.model_options
+    found = [getattr(value, "name", None) or key for key, value in options.get("transformer_options", {}).items()
+             if "cache" in str(key).lower() and key != SKIPPING_CACHES_KEY]
+    for kind in getattr(model_patcher, "wrappers", {}).values():
+        found += [key for key, wrappers in kind.items() if "cache" in str(key).lower()]
+    functions = [options.get("model_function_wrapper"), *getattr(model_patcher, "object_patches", {}).values()]
+    for function in functions:
+        name = f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', '')}"
+        if function is not None and "cache" in name.lower():
+            found.append(name.strip("."))
+    unique = {}
+    for name in found:
+        unique.setdefault(name.lower(), name)
+    return tuple(unique.values())
+
+
+def note_skipping_caches(model_patcher) -> None:
+    """Warn about block-skipping caches on the model SCSA is installed on, and leave their names
+    where the run finds them (:data:`SKIPPING_CACHES_KEY`), for :class:`InjectionLost` to name."""
+    caches = skipping_caches(model_patcher)
+    if not caches:
+        return
+    log.warning("SCSA: %s on this model can skip model calls or blocks, and a skipped injected block is not "
+                "styled: SCSAStyleSampler stops (InjectionLost) when that happens. Give SCSA a model without the "
+                "cache, or let the cache start after SCSAApply's end.", ", ".join(caches))
+    model_patcher.model_options.setdefault("transformer_options", {})[SKIPPING_CACHES_KEY] = caches
 
 
 SETTINGS_KEY = "scsa_settings"
@@ -230,7 +269,8 @@ class InjectRun:
     current_t: int = -1
     strength: float = 1.0
     _terms: dict = field(default_factory=dict)
-    _injected_calls: int = 0   # attention calls injected since the last model call ended
+    _reached: set = field(default_factory=set)   # injected blocks reached since the last model call ended
+    _caches: tuple = ()   # block-skipping caches on the model (note_skipping_caches), for InjectionLost
     style_streams: list = field(init=False)   # the style images' streams in style order (bank or batch)
 
     def __post_init__(self):
@@ -265,18 +305,31 @@ class InjectRun:
         self.current_t = t
         self._terms.clear()
 
+    def _reach(self, key, options: dict) -> None:
+        self._reached.add(key)
+        self._caches = options.get(SKIPPING_CACHES_KEY, ())
+
     def after_call(self) -> None:
-        """A model call of an injecting step ended: it must have reached SCSA in its blocks. If
-        none did, another node took the hook after SCSAApply (a DiT's attention override has one
-        slot), or the model does not say which block runs: stop, instead of returning a plain
-        image as a styled one."""
-        calls, self._injected_calls = self._injected_calls, 0
-        if self.injecting and calls == 0:
+        """A model call of an injecting step ended: it must have reached SCSA in every injected
+        block. If it did not, a cache skipped the call or the blocks (EasyCache, TeaCache, First
+        Block Cache), a node replaced SCSA's attention hook while sampling, or the model does not
+        say which block runs: stop, instead of returning a plain image as a styled one."""
+        reached, self._reached = self._reached, set()
+        if not (self.injecting and self.blocks):   # a run with no injected block has nothing to lose
+            return
+        caches = f" {', '.join(self._caches)} on this model skips model calls or blocks: give SCSA a model " \
+                 "without it, or let it start after SCSAApply's end." if self._caches else ""
+        if not reached:
             raise InjectionLost(
-                "SCSA injected nothing in this sampling step: no attention call of the injected blocks reached it. "
-                "Another node replaced SCSA's attention hook after SCSAApply (connect such nodes, e.g. attention "
-                "backends or caches, before SCSAApply), or this ComfyUI's model does not publish which block runs "
-                "(update ComfyUI: Z-Image needs a version newer than 0.3.75).")
+                "SCSA injected nothing in this sampling step: no attention call of the injected blocks reached it." +
+                (caches or " A cache skipped the model call (EasyCache, TeaCache, First Block Cache, ...), a node "
+                 "replaced SCSA's attention hook while sampling, or this ComfyUI's model does not publish which "
+                 "block runs (update ComfyUI: Z-Image needs a version newer than 0.3.75)."))
+        missing = sorted(self.blocks - reached)
+        if missing:
+            raise InjectionLost(
+                f"SCSA injected into only part of the blocks in this sampling step: {', '.join(map(str, missing))} "
+                "never reached it." + (caches or " A node skipped those blocks (a First Block Cache style cache?)."))
 
     def style_grids(self, key, content_grid: tuple[int, int], style_tokens: int) -> tuple:
         """Each style's token grid at ``key``: as recorded, else the content grid (a style that
@@ -300,7 +353,7 @@ class InjectRun:
         return out
 
     def middle(self, patch, block_input, attn_output, key, extra_options):
-        self._injected_calls += 1
+        self._reach(key, extra_options)
         chunks = chunk_rows(block_input.shape[0], extra_options, len(self.inline_streams))
         if key not in self._terms:
             first_references = block_input[chunks[0][1]]
@@ -341,7 +394,7 @@ class InjectRun:
         other token of the sample (text, padding, edit references) stays a key of the image
         queries. Text queries, and the reference rows, keep what the model computed.
         """
-        self._injected_calls += 1
+        self._reach(key, transformer_options)
         output = pass_through()
         batch, heads, length, dim = q.shape
         grid = family.token_grid(self.latent_size)
@@ -413,10 +466,19 @@ class AttentionPatch:
 
     Holds no features and no per-run state (those live in the run object), and deep-copies to
     itself, so ``ModelPatcher.clone()`` shares it instead of copying it.
+
+    Other packs' patches on the same model (ComfyUI's HyperTile and ToMe, NAG, sentinels) see what
+    they would see without SCSA (see :meth:`install`): their attn1 patches run first, the
+    attention of every row is computed (through the attn1 replace another pack set on the block
+    before SCSA, if any), their attn1 output patches see it, SCSA's output patch runs last and
+    its middle patch first, so it reads the exact block input and the other middle patches read
+    the hidden state SCSA made of it.
     """
 
     def __init__(self, family):
         self.family = family   # a UNet family: block keys and each block's layers
+        self.others: tuple = ()   # other packs' attn1 / attn1 output patches on the model (see install)
+        self.replaced: dict = {}  # block key -> the attn1 replace another pack set there before SCSA
 
     def __deepcopy__(self, memo):
         return self
@@ -429,9 +491,13 @@ class AttentionPatch:
         return run, key
 
     def attn1_replace(self, q, k, v, extra_options):
-        run, _ = self._active(extra_options)
-        if run is None:
-            return _plain_attention(q, k, v, extra_options)
+        run, key = self._active(extra_options)
+        if run is None or self.others:
+            # The block's own attention for every row: SCSA's middle patch reads only the block
+            # input, and other packs' patches see the real attention output in their layout.
+            previous = self.replaced.get(key)
+            return previous(q, k, v, extra_options) if previous is not None else \
+                _plain_attention(q, k, v, extra_options)
         return run.attn1(self, q, k, v, extra_options)
 
     def attn1_output(self, n, extra_options):
@@ -449,11 +515,30 @@ class AttentionPatch:
         return run.middle(self, x, attn_output, key, extra_options)
 
     def install(self, model_patcher, blocks) -> None:
-        """Register on ``model_patcher`` (a clone that only the sampler uses) for ``blocks``
+        """Register on ``model_patcher`` (a clone that only the sampler uses, so every patch an
+        artist's graph set, before or after SCSAApply, is already there) for ``blocks``
         ``(name, number, index)``. Only those blocks get a replace: a replace on every block
         would shadow other packs' patches of blocks SCSA never touches (SAG/PAG on the middle
-        block, ...)."""
+        block, ...).
+
+        ComfyUI calls each patch list in the order the patches were set. SCSA's output patch is
+        the last (it stashes the attention output and hands zeros on, so that the residual add
+        leaves the block input as it is) and its middle patch is put first (it reads that block
+        input and returns ``stash + input``, or the injected hidden state, to the middle patches
+        after it). With another attn1 or attn1 output patch on the model (HyperTile, ToMe, NAG),
+        the sample rows' attention is computed too, instead of skipped. An attn1 replace another
+        pack set on an injected block runs wherever SCSA does not inject."""
+        options = model_patcher.model_options.get("transformer_options", {})
+        patches = options.get("patches", {})
+        replaced = options.get("patches_replace", {}).get("attn1", {})
+        self.replaced = {key: found for key in map(tuple, blocks)
+                         if (found := replaced.get(key, replaced.get(key[:2]))) is not None}
+        self.others = tuple(patch for name in ("attn1_patch", "attn1_output_patch")
+                            for patch in patches.get(name, ())) + tuple(self.replaced.values())
+        note_skipping_caches(model_patcher)
         for name, number, index in blocks:
             model_patcher.set_model_attn1_replace(self.attn1_replace, name, number, index)
         model_patcher.set_model_attn1_output_patch(self.attn1_output)
         model_patcher.set_model_patch(self.middle, "middle_patch")
+        patches = model_patcher.model_options["transformer_options"]["patches"]
+        patches["middle_patch"] = [self.middle] + patches["middle_patch"][:-1]

@@ -21,7 +21,7 @@ import logging
 
 import torch
 
-from ..injection import RUN_KEY
+from ..injection import RUN_KEY, note_skipping_caches
 from ..parameterisations import FlowEuler
 from .blocks import parse_blocks
 
@@ -139,6 +139,7 @@ class JointAttentionFamily:
         that runs the sample rows only (the reference rows riding in the batch are needed up to
         the last injected block, and their outputs are never read). The run object decides per
         call."""
+        note_skipping_caches(model_patcher)
         options = model_patcher.model_options.setdefault("transformer_options", {})
         options[OVERRIDE_KEY] = JointAttentionOverride(self, options.get(OVERRIDE_KEY))
         order = self.attention_blocks()
