@@ -308,10 +308,16 @@ def _recording_prompt_server(loop):
 def pack_module(relative: str):
     """The pack's module ``relative`` (e.g. ``"nodes/pipeline.py"``) as ComfyUI imported it
     (under the checkout's folder name); the pack must be loaded (``ComfyRuntime.load_pack``)."""
+    def file_is(module, path: Path) -> bool:
+        return bool(getattr(module, "__file__", None)) and Path(module.__file__).resolve() == path
+
+    modules = list(sys.modules.values())
+    # Pure tests import scsa_core under its own name too; only ComfyUI's copy (named under the
+    # pack's package) is what the nodes call, so patching the other one would change nothing.
+    package = next((module.__name__ for module in modules if file_is(module, REPO_ROOT.resolve() / "__init__.py")), None)
     target = (REPO_ROOT / relative).resolve()
-    for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
-        if path and Path(path).resolve() == target:
+    for module in modules:
+        if package is not None and module.__name__.startswith(package + ".") and file_is(module, target):
             return module
     raise LookupError(f"{relative} is not loaded: load the pack first (the tests' `comfy` fixture does)")
 

@@ -35,12 +35,15 @@ q-space S-AdaIN (a *DiT approximation*, docs/method.md §14): the UNet applies S
 block input and re-projects it; a DiT's QK-RMSNorm makes q a non-affine function of its input,
 so here the statistics are matched on the queries themselves, per label, head and channel:
 
-* ``Q_c' = S-AdaIN(Q_c, Q_s)`` on pre-RoPE content/style queries;
+* ``Q_c' = S-AdaIN(Q_c, Q_s)`` on the content/style queries;
 * ``Q1 = a1 Q_csem + (1 - a1) Q_c'``, ``K1 = a1 K_ssem + (1 - a1) K_s``;
 * ``Q2 = a2 Q_c' + (1 - a2) IN_tokens(q_sample)`` (per-channel normalisation over tokens of the
-  sample's pre-RoPE query standing in for ``W_q(IN(x_t))``);
-* the queries are then rotated to the content's positions (RoPE is linear, so blending before
-  or after the rotation is the same). Keys arrive already positioned (post-RoPE, shifted).
+  sample's query standing in for ``W_q(IN(x_t))``);
+* queries come either before RoPE, with ``query_rotation`` given: they are rotated to the
+  content's positions after the blend (RoPE is linear, so blending before or after the rotation
+  is the same); or already positioned, with ``query_rotation=None``. The families pass the
+  latter: ComfyUI's attention override sees q after RoPE, so the statistics are those of rotated
+  queries (docs/method.md §14). Keys arrive positioned (RoPE applied, style positions shifted).
 
 ``lite``: no map streams, ``a1`` taken as 0 (two reference rows instead of four).
 
@@ -74,15 +77,15 @@ SCORE_BUDGET = 1 << 25
 class JointReferences:
     """The reference rows' projections in this block at the sample's sigma (one content/style pair).
 
-    Queries are *pre-RoPE* (S-AdaIN needs per-channel statistics that a rotation would mix);
-    keys are *positioned* (RoPE applied, style positions shifted as ``rope_mode`` says); values
+    Queries are in the same frame as ``sample_query``: pre-RoPE when the caller passes a
+    ``query_rotation``, else as the model had them (post-RoPE, the families' case); keys are *positioned* (RoPE applied, style positions shifted as ``rope_mode`` says); values
     need no position. The map streams may be None in ``lite`` mode or when ``semantic_share`` is 0.
     """
-    content_query: torch.Tensor                  # [H, N, D] q of the content row, pre-RoPE
-    style_query: torch.Tensor                    # [H, M, D] q of the style row, pre-RoPE (statistics only)
+    content_query: torch.Tensor                  # [H, N, D] q of the content row
+    style_query: torch.Tensor                    # [H, M, D] q of the style row (statistics only)
     style_key: torch.Tensor                      # [H, M, D] k of the style row, positioned
     style_value: torch.Tensor                    # [H, M, D] v of the style row
-    content_map_query: torch.Tensor | None = None  # [H, N, D] q of the content-map row, pre-RoPE
+    content_map_query: torch.Tensor | None = None  # [H, N, D] q of the content-map row
     style_map_key: torch.Tensor | None = None      # [H, M, D] k of the style-map row, positioned
 
 
@@ -124,9 +127,10 @@ def joint_queries(sample_query: torch.Tensor, refs: JointReferences, content_lab
                   query_rotation: torch.Tensor | None = None) -> JointQueries:
     """q-space S-AdaIN and the SCA/SSA queries (module docstring, "q-space S-AdaIN").
 
-    sample_query: the sample rows' pre-RoPE image queries ``[B, H, N, D]``; content_labels
-    ``int64 [N]``, style_labels ``int64 [M]``; query_rotation: RoPE of the content's image
-    positions ``[1, 1, N, D/2, 2, 2]`` (the image slice of Flux's ``pe``), None for no RoPE.
+    sample_query: the sample rows' image queries ``[B, H, N, D]``, pre-RoPE if query_rotation is
+    given, else used as they are; content_labels ``int64 [N]``, style_labels ``int64 [M]``;
+    query_rotation: RoPE of the content's image positions ``[1, 1, N, D/2, 2, 2]`` (the image
+    slice of Flux's ``pe``), or None: the queries are not rotated (no RoPE, or already applied).
     """
     _check_preset(params)
     batch, heads, tokens, dim = sample_query.shape
@@ -279,7 +283,8 @@ def scsa_joint_attention(sample_query: torch.Tensor, text_key: torch.Tensor, tex
                          plain_output: torch.Tensor | None = None, return_parts: bool = False):
     """SCSA's replacement for the attention output of the sample's image queries.
 
-    sample_query: pre-RoPE image queries of the sample rows ``[B, H, N, D]``; text_key,
+    sample_query: image queries of the sample rows ``[B, H, N, D]`` (see :func:`joint_queries`
+    for their frame); text_key,
     text_value: the sample rows' text keys (positioned) and values ``[B, H, T, D]``; refs: see
     :class:`JointReferences`; content_labels ``int64 [N]``, style_labels ``int64 [M]``,
     ``pairing = pair_labels(content_labels, style_labels)``; query_rotation: the content's

@@ -22,6 +22,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from layout_probes import block_order, block_position
 from scripts import tiny_models
 
 TEXT_TOKENS = 7
@@ -77,17 +78,6 @@ def _sample(patcher, variant, noise, conditioning=None, sigmas=ONE_STEP):
                                       cond, cond, torch.zeros_like(noise), disable_pbar=True, seed=0)
 
 
-def _where(options: dict) -> dict:
-    img_slice = options.get("img_slice")
-    return {"block_type": options.get("block_type"), "block_index": options.get("block_index"),
-            "total_blocks": options.get("total_blocks"),
-            "img_slice": list(img_slice) if img_slice is not None else None}
-
-
-def _order(records):
-    return [(r["block_type"], r["block_index"], r["total_blocks"]) for r in records]
-
-
 def _install_override(patcher, record: list, events: list | None = None):
     """A recording attention override chained to any earlier one (else ComfyUI's ``func``).
     ``heads`` comes positionally (args[3]) or as a keyword, ``mask`` positionally (args[4]) or as
@@ -98,7 +88,7 @@ def _install_override(patcher, record: list, events: list | None = None):
     def recording_override(func, *args, **kwargs):
         q, k, v = args[:3]
         mask = args[4] if len(args) > 4 else kwargs.get("mask")
-        record.append(dict(_where(kwargs["transformer_options"]), q=q.clone(), k=k.clone(), v=v.clone(),
+        record.append(dict(block_position(kwargs["transformer_options"]), q=q.clone(), k=k.clone(), v=v.clone(),
                            n_args=len(args), heads_positional=len(args) > 3,
                            heads=args[3] if len(args) > 3 else kwargs.get("heads"),
                            kwargs=sorted(k_ for k_ in kwargs if k_ != "_inside_attn_wrapper"),
@@ -121,11 +111,21 @@ def _sentinel(patcher, calls: list):
     patcher.model_options["transformer_options"]["optimized_attention_override"] = sentinel_override
 
 
+def _sample_behind_a_sentinel(patcher, variant: str):
+    """One stock sampling run of ``variant`` with the recording override chained to a sentinel
+    override set first. Returns ``(latent, records, sentinel block indices)``."""
+    model = patcher.clone()
+    sentinel, record = [], []
+    _sentinel(model, sentinel)
+    _install_override(model, record)
+    return _sample(model, variant, _noise(variant)), record, sentinel
+
+
 def _record_block_inputs(patcher, blocks, record: dict):
     """A dit double_block replace on ``blocks`` that stores the args it gets and runs the block."""
     def make(i):
         def replace(args, extra):
-            record[i] = dict(args=dict(args), where=_where(args["transformer_options"]),
+            record[i] = dict(args=dict(args), where=block_position(args["transformer_options"]),
                              arg_keys=sorted(args), extra_keys=sorted(extra))
             out = extra["original_block"](args)
             record[i]["out"] = dict(out)
@@ -163,15 +163,10 @@ def _qwen_modulated(norm, mod, stream):
 
 
 def test_qwen_override_sees_every_block_with_joint_layout(tiny_qwen_image_patcher):
-    model = tiny_qwen_image_patcher.clone()
-    sentinel = []
-    _sentinel(model, sentinel)
-    record = []
-    _install_override(model, record)
-    out = _sample(model, "qwen_image", _noise("qwen_image"))
+    out, record, sentinel = _sample_behind_a_sentinel(tiny_qwen_image_patcher, "qwen_image")
 
     assert torch.isfinite(out).all()
-    assert _order(record) == [("double", i, QWEN["blocks"]) for i in range(QWEN["blocks"])]
+    assert block_order(record) == [("double", i, QWEN["blocks"]) for i in range(QWEN["blocks"])]
     assert sentinel == [0, 1, 2], "the earlier override was not reached"
     h, w = _grid("qwen_image")
     length = TEXT_TOKENS + h * w
@@ -247,7 +242,7 @@ def test_qwen_attn1_patch_runs_before_rope_with_img_slice(tiny_qwen_image_patche
     model = tiny_qwen_image_patcher.clone()
 
     def attn1_recorder(q, k, v, pe=None, attn_mask=None, extra_options=None):
-        before.append(dict(_where(extra_options), q=q.clone(), k=k.clone(), v=v.clone(), pe=pe,
+        before.append(dict(block_position(extra_options), q=q.clone(), k=k.clone(), v=v.clone(), pe=pe,
                            attn_mask=attn_mask))
         return {}
 
@@ -262,7 +257,7 @@ def test_qwen_attn1_patch_runs_before_rope_with_img_slice(tiny_qwen_image_patche
         return
     h, w = _grid("qwen_image")
     length = TEXT_TOKENS + h * w
-    assert _order(before) == _order(override)
+    assert block_order(before) == block_order(override)
     for pre, post in zip(before, override):
         where = pre["block_index"]
         assert pre["img_slice"] == [TEXT_TOKENS, length] and pre["attn_mask"] is None, where
@@ -355,9 +350,8 @@ def test_z_image_call_order_block_keys_and_shapes(tiny_z_image_patcher, newer_co
     skip_reshape, heads and mask positional, mask None."""
     cap, hw, pad = _z_lengths()
     model = tiny_z_image_patcher.clone()
-    sentinel = []
+    sentinel, record = [], []
     _sentinel(model, sentinel)
-    record = []
     _install_override(model, record)
     _sample(model, "z_image", _noise("z_image"))
 
@@ -365,10 +359,10 @@ def test_z_image_call_order_block_keys_and_shapes(tiny_z_image_patcher, newer_co
     assert [tuple(r["q"].shape)[2] for r in record] == \
         [cap] * ZIMG["refiners"] + [hw + pad] * ZIMG["refiners"] + [cap + hw + pad] * ZIMG["layers"]
     assert len(sentinel) == len(record), "the earlier override was not reached"
-    assert _order(record[:refiners]) == [(None, None, None)] * refiners
+    assert block_order(record[:refiners]) == [(None, None, None)] * refiners
     main = [("double", i, ZIMG["layers"]) for i in range(ZIMG["layers"])] if newer_comfy \
         else [(None, None, None)] * ZIMG["layers"]
-    assert _order(record[refiners:]) == main
+    assert block_order(record[refiners:]) == main
     for r in record:
         length = r["q"].shape[2]
         for name in ("q", "k", "v"):
@@ -383,7 +377,7 @@ def test_z_image_call_order_block_keys_and_shapes(tiny_z_image_patcher, newer_co
     _sample(model, "z_image", _noise("z_image"), sigmas=[1.0, 0.5, 0.0])
     per_call = refiners + ZIMG["layers"]
     assert len(record) == 2 * per_call
-    assert _order(record[per_call:per_call + refiners]) == [(None, None, None)] * refiners
+    assert block_order(record[per_call:per_call + refiners]) == [(None, None, None)] * refiners
 
 
 def test_z_image_padding_layout_by_value(tiny_z_image_patcher):
@@ -525,12 +519,7 @@ def _sd3_expected_calls():
 
 
 def test_sd35_override_fires_in_every_joint_block_without_block_keys(tiny_sd35_patcher):
-    model = tiny_sd35_patcher.clone()
-    sentinel = []
-    _sentinel(model, sentinel)
-    record = []
-    _install_override(model, record)
-    out = _sample(model, "sd35", _noise("sd35"))
+    out, record, sentinel = _sample_behind_a_sentinel(tiny_sd35_patcher, "sd35")
 
     assert torch.isfinite(out).all()
     calls = _sd3_expected_calls()
@@ -539,7 +528,7 @@ def test_sd35_override_fires_in_every_joint_block_without_block_keys(tiny_sd35_p
     hidden = SD3["hidden"]
     for r, (kind, i, length) in zip(record, calls):
         where = (kind, i)
-        assert _order([r]) == [(None, None, None)] and r["img_slice"] is None, where
+        assert block_order([r]) == [(None, None, None)] and r["img_slice"] is None, where
         # optimized_attention(q, k, v, heads=..., transformer_options=...): q, k [B, L, H*D] (the
         # qk RMSNorm is applied per head, then flattened), v still [B, L, H, D]; no skip_reshape
         assert tuple(r["q"].shape) == tuple(r["k"].shape) == (1, length, hidden), where
@@ -597,7 +586,7 @@ def test_sd35_block_index_only_through_a_replace_copy(tiny_sd35_patcher):
 
     def make(i):
         def replace(args, extra):
-            seen_by_replace.append((sorted(args), _where(args["transformer_options"])))
+            seen_by_replace.append((sorted(args), block_position(args["transformer_options"])))
             options = dict(args["transformer_options"], block_index=i, block_type="double",
                            total_blocks=SD3["blocks"])
             out = extra["original_block"](dict(args, transformer_options=options))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from layout_probes import block_order, block_position
 from scripts import tiny_models
 
 VARIANTS = ("flux1", "flux2")
@@ -87,19 +88,6 @@ def _sample(patcher, variant, noise, sigmas=ONE_STEP, latent=None, conditioning=
                                       disable_pbar=True, seed=0)
 
 
-def _where(options: dict) -> dict:
-    """The block position a hook reads from transformer_options, copied at call time (0.3.75
-    mutates one dict through the whole forward)."""
-    img_slice = options.get("img_slice")
-    return {"block_type": options.get("block_type"), "block_index": options.get("block_index"),
-            "total_blocks": options.get("total_blocks"),
-            "img_slice": list(img_slice) if img_slice is not None else None}
-
-
-def _order(records):
-    return [(r["block_type"], r["block_index"], r["total_blocks"]) for r in records]
-
-
 def _install_override(patcher, record: list):
     """A recording attention override that chains to whatever override was installed before it
     (as SCSA must), else to ComfyUI's backend ``func``."""
@@ -108,7 +96,7 @@ def _install_override(patcher, record: list):
 
     def recording_override(func, *args, **kwargs):
         q, k, v, heads = args[:4]
-        record.append(dict(_where(kwargs["transformer_options"]), q=q.clone(), k=k.clone(), v=v.clone(),
+        record.append(dict(block_position(kwargs["transformer_options"]), q=q.clone(), k=k.clone(), v=v.clone(),
                            heads=heads, n_args=len(args), kwargs=sorted(kwargs),
                            skip_reshape=kwargs.get("skip_reshape"), mask=kwargs.get("mask")))
         out = previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
@@ -120,11 +108,11 @@ def _install_override(patcher, record: list):
 
 def _install_attn1_patches(patcher, before: list, after: list):
     def attn1_recorder(q, k, v, pe=None, attn_mask=None, extra_options=None):
-        before.append(dict(_where(extra_options), q=q.clone(), k=k.clone(), v=v.clone(), pe=pe))
+        before.append(dict(block_position(extra_options), q=q.clone(), k=k.clone(), v=v.clone(), pe=pe))
         return {}  # change nothing
 
     def attn1_output_recorder(attn, extra_options):
-        after.append(dict(_where(extra_options), shape=tuple(attn.shape)))
+        after.append(dict(block_position(extra_options), shape=tuple(attn.shape)))
         return attn
 
     patcher.set_model_attn1_patch(attn1_recorder)
@@ -146,7 +134,7 @@ def test_override_sees_every_block_in_order_with_joint_layout(flux, variant, flu
     out = _sample(model, variant, _noise(variant))
 
     assert torch.isfinite(out).all()
-    assert _order(record) == BLOCK_ORDER
+    assert block_order(record) == BLOCK_ORDER
     assert len(sentinel_calls) == len(record), "chained override was not reached on pass-through"
     text_len = TEXT_LEN[variant]
     h, w = _grid(variant)
@@ -213,7 +201,7 @@ def test_dit_block_replace_args_and_return(flux, variant, flux_hooks_in_blocks):
     def make_replace(kind):
         def replace(args, extra):
             options = args["transformer_options"]
-            entry = dict(_where(options), kind=kind, arg_keys=sorted(args), extra_keys=sorted(extra),
+            entry = dict(block_position(options), kind=kind, arg_keys=sorted(args), extra_keys=sorted(extra),
                          shapes={k: tuple(args[k].shape) for k in ("img", "txt") if k in args},
                          vec_type=type(args["vec"]).__name__, pe_shape=tuple(args["pe"].shape))
             out = extra["original_block"](args)
@@ -231,7 +219,7 @@ def test_dit_block_replace_args_and_return(flux, variant, flux_hooks_in_blocks):
     noise = _noise(variant)
     replaced = _sample(model, variant, noise)
 
-    assert _order(record) == BLOCK_ORDER
+    assert block_order(record) == BLOCK_ORDER
     # Flux.2's global modulation hands the blocks ModulationOut tuples instead of a vec tensor.
     double_vec = "tuple" if variant == "flux2" else "Tensor"
     single_vec = "ModulationOut" if variant == "flux2" else "Tensor"
@@ -265,7 +253,7 @@ def test_attn1_patches_see_pre_rope_qkv_and_the_override_post_rope(flux, variant
     _install_override(model, override)
     _sample(model, variant, _noise(variant))
 
-    assert _order(override) == BLOCK_ORDER
+    assert block_order(override) == BLOCK_ORDER
     if not flux_hooks_in_blocks:
         # 0.3.75's Flux blocks never call them: SCSA has only the override (post-RoPE) there
         assert before == [] and after == []
@@ -273,7 +261,7 @@ def test_attn1_patches_see_pre_rope_qkv_and_the_override_post_rope(flux, variant
     text_len = TEXT_LEN[variant]
     h, w = _grid(variant)
     length = text_len + h * w
-    assert _order(before) == BLOCK_ORDER and _order(after) == BLOCK_ORDER
+    assert block_order(before) == BLOCK_ORDER and block_order(after) == BLOCK_ORDER
     for pre, post, out in zip(before, override, after):
         where = (pre["block_type"], pre["block_index"])
         assert pre["img_slice"] == [text_len, length] and out["img_slice"] == [text_len, length], where

@@ -31,10 +31,7 @@ OVERRIDE_KEY = "optimized_attention_override"
 # ------------------------------------------------------------------------------ UNet helpers
 def _semantics():
     """Content: label 0 on the top half, 1 on the bottom; the style the other way round."""
-    try:
-        labels = pack_module("scsa_core/labels/__init__.py")
-    except LookupError:   # labels as one module
-        labels = pack_module("scsa_core/labels.py")
+    labels = pack_module("scsa_core/labels/__init__.py")
     masks = torch.zeros(2, 64, 48)
     masks[0, :32], masks[1, 32:] = 1, 1
     return labels.labels_from_masks(masks, masks.flip(1), threshold=0.5)
@@ -158,21 +155,13 @@ def _check_scsa_got_the_block_input(calls):
 
 
 # ------------------------------------------------------------------------------------ UNet
-@pytest.mark.parametrize("where", ["before", "after"])
-@pytest.mark.parametrize("kind", ["identity", "scaled"])
-def test_unet_sentinel_attn1_output_patch(tiny_sd15_patcher, comfy, monkeypatch, where, kind):
-    """A NAG-style attn1 output patch sees the real attention output in every block (SCSA's
-    injected ones too) and SCSA gets the exact block input; an identity patch leaves SCSA's
-    latent bit for bit, a patch that scales the output changes it."""
-    patcher = tiny_sd15_patcher
-    factor = 1.0 if kind == "identity" else 0.5
-
-    def sentinel(n, extra_options):
-        return n if factor == 1.0 else n * factor
-
+def _sentinel_beside_scsa(patcher, monkeypatch, where, set_sentinel, patch_list, check_calls):
+    """SCSA alone, and SCSA with a sentinel patch (``set_sentinel(model)`` puts it in ComfyUI's
+    ``patch_list``) set before or after SCSAApply (``where``); ``check_calls`` gets what every
+    block call saw. Returns ``(alone, together)``, the two sampled latents."""
     def with_sentinel(model):
         model = model.clone()
-        model.set_model_attn1_output_patch(sentinel)
+        set_sentinel(model)
         return model
 
     with torch.inference_mode():
@@ -180,17 +169,41 @@ def test_unet_sentinel_attn1_output_patch(tiny_sd15_patcher, comfy, monkeypatch,
         alone = _unet_sample(_unet_apply(patcher), inversion)
         model = _placed(patcher, where, with_sentinel)
         calls = BlockCalls(patcher.model.diffusion_model, monkeypatch)
-        calls.spy_on(model, "attn1_output_patch", "sentinel")
+        calls.spy_on(model, patch_list, "sentinel")
         try:
             together = _unet_sample(model, inversion)
-            _check_attention_seen(calls.calls, "sentinel")
-            _check_scsa_got_the_block_input(calls.calls)
+            check_calls(calls.calls)
         finally:
             calls.close()
-    if kind == "identity":
+    return alone, together
+
+
+def _changed_only_by_a_changing_sentinel(identity: bool, alone, together) -> None:
+    if identity:
         assert torch.equal(together, alone)
     else:
         assert not torch.allclose(together, alone, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+@pytest.mark.parametrize("kind", ["identity", "scaled"])
+def test_unet_sentinel_attn1_output_patch(tiny_sd15_patcher, comfy, monkeypatch, where, kind):
+    """A NAG-style attn1 output patch sees the real attention output in every block (SCSA's
+    injected ones too) and SCSA gets the exact block input; an identity patch leaves SCSA's
+    latent bit for bit, a patch that scales the output changes it."""
+    factor = 1.0 if kind == "identity" else 0.5
+
+    def sentinel(n, extra_options):
+        return n if factor == 1.0 else n * factor
+
+    def check(calls):
+        _check_attention_seen(calls, "sentinel")
+        _check_scsa_got_the_block_input(calls)
+
+    alone, together = _sentinel_beside_scsa(tiny_sd15_patcher, monkeypatch, where,
+                                            lambda model: model.set_model_attn1_output_patch(sentinel),
+                                            "attn1_output_patch", check)
+    _changed_only_by_a_changing_sentinel(kind == "identity", alone, together)
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
@@ -200,41 +213,27 @@ def test_unet_sentinel_middle_patch(tiny_sd15_patcher, comfy, monkeypatch, where
     the attention output, or on SCSA's injected blocks exactly the hidden state SCSA made; SCSA
     gets the exact block input, whatever the middle patch does. An identity patch leaves SCSA's
     latent bit for bit, a shifting one changes it."""
-    patcher = tiny_sd15_patcher
     shift = 0.0 if kind == "identity" else 0.05
 
     def sentinel(x, extra_options):
         return x if shift == 0.0 else x + shift
 
-    def with_sentinel(model):
-        model = model.clone()
-        model.set_model_patch(sentinel, "middle_patch")
-        return model
+    def check(calls):
+        _check_scsa_got_the_block_input(calls)
+        seen = [call for call in calls if "sentinel" in call]
+        assert len(seen) == len(calls)
+        for call in seen:
+            (got,), _ = call["sentinel"]
+            if "scsa" in call:
+                assert torch.equal(got, call["scsa"][1]), "the middle patch did not see SCSA's hidden state"
+            else:
+                expected = call["x"] + _real_attention(call)
+                assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), "the middle patch missed the attention"
 
-    with torch.inference_mode():
-        inversion = _unet_invert(patcher)
-        alone = _unet_sample(_unet_apply(patcher), inversion)
-        model = _placed(patcher, where, with_sentinel)
-        calls = BlockCalls(patcher.model.diffusion_model, monkeypatch)
-        calls.spy_on(model, "middle_patch", "sentinel")
-        try:
-            together = _unet_sample(model, inversion)
-            _check_scsa_got_the_block_input(calls.calls)
-            seen = [call for call in calls.calls if "sentinel" in call]
-            assert len(seen) == len(calls.calls)
-            for call in seen:
-                (got,), _ = call["sentinel"]
-                if "scsa" in call:
-                    assert torch.equal(got, call["scsa"][1]), "the middle patch did not see SCSA's hidden state"
-                else:
-                    expected = call["x"] + _real_attention(call)
-                    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), "the middle patch missed the attention"
-        finally:
-            calls.close()
-    if kind == "identity":
-        assert torch.equal(together, alone)
-    else:
-        assert not torch.allclose(together, alone, rtol=0, atol=1e-4)
+    alone, together = _sentinel_beside_scsa(tiny_sd15_patcher, monkeypatch, where,
+                                            lambda model: model.set_model_patch(sentinel, "middle_patch"),
+                                            "middle_patch", check)
+    _changed_only_by_a_changing_sentinel(kind == "identity", alone, together)
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

@@ -214,7 +214,7 @@ def test_model_without_unet_attention_is_refused(comfy):
     class FakePatcher:
         model = FakeModel()
 
-    with pytest.raises(ValueError, match="SD1.x, SD2.x and SDXL"):
+    with pytest.raises(ValueError, match=r"It supports: UNet \(SD1.x, SD2.x, SDXL\)"):
         families.family_of(FakePatcher())
 
 
