@@ -4,7 +4,7 @@ runner's no-checkpoint fallback (importable without ComfyUI; it is imported lazi
 Weights are initialised explicitly with a seeded, order-independent normal init (ComfyUI's ops
 leave them uninitialised): ``build_tiny_sd15_patcher``, ``build_tiny_vae``,
 ``write_tiny_checkpoint`` (a loadable SD1.5-detected checkpoint with TAESD and CLIP-L),
-``build_tiny_flux_patcher`` / ``tiny_flux_conditioning`` (Flux.1 and Flux.2 layouts), and for
+``build_tiny_flux_model`` / ``tiny_flux_conditioning`` (Flux.1 and Flux.2 layouts), and for
 every DiT family (:data:`DIT_VARIANTS`: Flux.1, Flux.2, Qwen-Image, Z-Image, SD3.5)
 ``build_tiny_dit_patcher`` / ``tiny_dit_conditioning`` / ``tiny_dit_latent`` /
 ``write_dit_standin_files``.
@@ -290,22 +290,6 @@ def build_tiny_flux_model(variant: str = "flux1", seed: int = 0, stand_in: bool 
     return model
 
 
-def build_tiny_flux_patcher(variant: str = "flux1", seed: int = 0, stand_in: bool = False):
-    """ModelPatcher around a random-init Flux.1 ("flux1") or Flux.2 ("flux2") transformer:
-    hidden 64, 2 heads of 32, 2 double + 3 single blocks.
-
-    flux1: 16-ch latent, patch 2 (a [B,16,H,W] latent gives (H/2)*(W/2) image tokens), 3 RoPE
-    axes; needs ``pooled_output`` [B,32]. flux2: 128-ch latent, patch 1 (H*W tokens), 4 RoPE axes,
-    global modulation; text padded by ComfyUI to 512 tokens. Both embed guidance. Conditioning:
-    ``tiny_flux_conditioning(variant)``.
-    """
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    model = build_tiny_flux_model(variant, seed, stand_in)
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
-
-
 # The runner's stand-in Flux (scripts/standin_nodes): the real models' head dim (128, RoPE axes
 # as ComfyUI's detection fixes them) and MLP ratio at a width of 256, and CLIP-L's text and pooled
 # sizes (768), because its text encoder is the tiny checkpoint's CLIP-L loaded by ComfyUI's own
@@ -560,7 +544,10 @@ def build_tiny_dit_model(variant: str, seed: int = 0, stand_in: bool = False, ov
 def build_tiny_dit_patcher(variant: str, seed: int = 0, stand_in: bool = False):
     """ModelPatcher around the tiny random-init transformer of ``variant`` (:data:`DIT_VARIANTS`).
 
-    flux1 / flux2: :func:`build_tiny_flux_patcher`. qwen_image: model_base.QwenImage (ModelType.FLUX,
+    flux1 / flux2 (:func:`build_tiny_flux_model`): hidden 64, 2 heads of 32, 2 double + 3 single
+    blocks; flux1 a 16-ch latent, patch 2, 3 RoPE axes, ``pooled_output`` [B,32]; flux2 a 128-ch
+    latent, patch 1, 4 RoPE axes, global modulation, text padded by ComfyUI to 512 tokens; both
+    embed guidance. qwen_image: model_base.QwenImage (ModelType.FLUX,
     shift 1.15, latent format Wan21: 16 channels, 5-D), 3 joint blocks. z_image: model_base.Lumina2
     via supported_models.ZImage (FLOW, shift 3, latent format Flux: 16 channels), 2+2 refiner and
     3 main layers. sd35: model_base.SD3 (FLOW, shift 3, latent format SD3), 4 joint blocks, MMDiT-X

@@ -154,31 +154,23 @@ def tiny_vae(comfy_core):
     return tiny_models.build_tiny_vae(seed=0)
 
 
-def _tiny_flux_patcher(comfy_core, variant: str):
-    # Skip, not fail: a ComfyUI version without the model class cannot run that family at all,
-    # and the other version still runs the test.
-    try:
-        return tiny_models.build_tiny_flux_patcher(variant, seed=0)
-    except tiny_models.FluxVariantUnavailable as e:
-        pytest.skip(f"ComfyUI {comfy_core.version}: {e}")
-
-
 @pytest.fixture
 def tiny_flux1_patcher(comfy_core):
     """A fresh ModelPatcher (random Flux.1-structured transformer, seed 0) for each test.
     Conditioning: ``tiny_models.tiny_flux_conditioning("flux1")``."""
-    return _tiny_flux_patcher(comfy_core, "flux1")
+    return _tiny_dit_patcher(comfy_core, "flux1")
 
 
 @pytest.fixture
 def tiny_flux2_patcher(comfy_core):
     """A fresh ModelPatcher (random Flux.2-structured transformer, seed 0) for each test; skips
     on a ComfyUI without comfy.supported_models.Flux2. Conditioning: ``tiny_flux_conditioning("flux2")``."""
-    return _tiny_flux_patcher(comfy_core, "flux2")
+    return _tiny_dit_patcher(comfy_core, "flux2")
 
 
 def _tiny_dit_patcher(comfy_core, variant: str):
-    # Skip, not fail, as for Flux: a ComfyUI without the family's class cannot run it at all.
+    # Skip, not fail: a ComfyUI version without the family's model class cannot run that family at
+    # all, and the other version still runs the test.
     try:
         return tiny_models.build_tiny_dit_patcher(variant, seed=0)
     except tiny_models.VariantUnavailable as e:
