@@ -234,13 +234,14 @@ def joint_sca(sca_query: torch.Tensor, sca_key: torch.Tensor, style_value: torch
     # The temperature goes on the style keys: T * (q . k) = q . (T k), so the text logits keep
     # the model's 1 / sqrt(d) and each label is one fused attention over [text ; style].
     text_key, text_value = batched(text_key), batched(text_value)
+    tempered_key = sca_key * temperature
     out = sca_query.new_empty(batch, *sca_query.shape[1:])
     for group in pairing.groups:
         if group.key_index is None:  # unmatched: the UNet's fallback, all style tokens
-            keys, values = sca_key, style_value
+            keys, values = tempered_key, style_value
         else:
-            keys, values = sca_key.index_select(2, group.key_index), style_value.index_select(2, group.key_index)
-        keys = torch.cat([text_key, batched(keys * temperature)], dim=2)
+            keys, values = tempered_key.index_select(2, group.key_index), style_value.index_select(2, group.key_index)
+        keys = torch.cat([text_key, batched(keys)], dim=2)
         values = torch.cat([text_value, batched(values)], dim=2)
         queries = batched(sca_query.index_select(2, group.query_index))
         out.index_copy_(2, group.query_index, F.scaled_dot_product_attention(queries, keys, values, scale=scale))
