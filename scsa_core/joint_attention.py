@@ -51,8 +51,8 @@ so here the statistics are matched on the queries themselves, per label, head an
 Layout: heads first. Sample tensors are batched ``[B, H, L, D]`` (``B`` sample rows that share
 one content/style pair, e.g. cond and uncond); references are one pair, ``[H, L, D]``. ``N``
 image tokens of the content/sample grid, ``M`` of the style grid, ``T`` text tokens. SCA runs in
-the input dtype (the fused kernels keep their softmax statistics in float32); SSA's text partial
-keeps them in float32 (float64 for float64 inputs).
+the input dtype through PyTorch's ``scaled_dot_product_attention``; SSA's text partial keeps its
+softmax statistics in float32 (float64 for float64 inputs).
 """
 from __future__ import annotations
 
